@@ -1,0 +1,1 @@
+//! Load generator and micro-benchmarks for commhub (see the load-generator issue).
