@@ -1,1 +1,38 @@
-//! wip
+//! # media
+//!
+//! The SFU: rooms of participants whose Opus audio is forwarded to each other, the taps that
+//! hand a room's packets to other consumers (the recorder), and the adapter around webrtc-rs.
+//!
+//! ## Layout
+//! - `room.rs`: [`RoomModel`], membership and who must be told what (pure).
+//! - `forward.rs`: [`fan_out`] of one packet to subscriber queues and taps, and [`ConsumerSet`],
+//!   a subscriber's producer -> output map with the SSRC/sequence/timestamp rewrite (pure).
+//! - `rewrite.rs`: [`Rewriter`], one output stream's numbering (pure).
+//! - `level.rs`: RFC 6464 audio levels and the active-speaker detector (pure).
+//! - `tap.rs`: [`Tap`], bounded, never-blocking packet taps.
+//! - `stats.rs`: counters for `/metrics`.
+//! - `ports.rs`: the UDP port range peer connections bind in.
+//! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
+//!   channel events.
+//! - `sfu.rs`: [`Sfu`] (rooms), [`Participant`] handles, the publisher read loops and the
+//!   subscriber writer tasks.
+//!
+//! ## Contract
+//! Only this crate touches webrtc-rs. Packets are forwarded with the payload untouched; each
+//! destination gets its own SSRC with continuous sequence numbers and timestamps. Forwarding
+//! never waits on a slow subscriber or tap: what does not fit in a bounded queue is dropped and
+//! counted. No lock is held across an `.await`.
+
+pub mod forward;
+pub mod level;
+pub mod rewrite;
+pub mod room;
+pub mod stats;
+pub mod tap;
+
+pub use forward::{ConsumerSet, Fanout, MediaPacket, Routes, SinkMsg, SubscriberSink, fan_out};
+pub use level::SpeakerDetector;
+pub use rewrite::Rewriter;
+pub use room::{LeaveReason, Notice, ParticipantId, ParticipantKind, ParticipantMeta, RoomModel};
+pub use stats::{MediaStats, StatsSnapshot};
+pub use tap::{Tap, TapPacket, TapReceiver};
