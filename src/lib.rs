@@ -1,1 +1,27 @@
-//! wip
+//! # commhub
+//!
+//! The server binary's library: configuration, the HTTP/WebSocket front end, and the wiring of
+//! the `signaling`, `media` and `recorder` crates.
+//!
+//! ## Layout
+//! - `cli.rs`: command line (`serve`, `config`), logging setup.
+//! - `config.rs`: [`config::Config`]: defaults <- file <- `COMMHUB_*` environment <- flags.
+//! - `server.rs`: [`server::start`] binds, serves (TLS when configured) and shuts down
+//!   gracefully; [`server::app`] builds the router so tests can call it without a socket.
+//! - `ws.rs`: one WebSocket signaling session: the `signaling` state machine driving a
+//!   `media` participant.
+//! - `whip.rs`: WHIP publish and WHEP subscribe endpoints.
+//! - `metrics.rs`: Prometheus text exposition of the media counters.
+//! - `web.rs`: the demo page and `commhub.js`, embedded in the binary.
+//! - `error.rs`: [`error::AppError`], the one HTTP error type (`{error: {code, message}}`).
+//! - `redact.rs`: helpers that keep tokens and addresses out of logs.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod redact;
+pub mod server;
+pub mod web;
+pub mod whip;
+pub mod ws;

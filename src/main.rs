@@ -1,1 +1,5 @@
-fn main(){}
+//! The `commhub` binary: see `commhub --help`.
+
+fn main() -> std::process::ExitCode {
+    commhub::cli::main()
+}

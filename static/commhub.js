@@ -178,6 +178,8 @@ export class CommhubClient extends EventTarget {
     // `ice_candidate` for a publish connection it has not negotiated yet.
     this._localPublishCandidates = [];
     this._publishAnswered = false;
+    this._publishing = false;
+    this._lastPublishAnswer = null;
     // Subscribe offers are applied one after another.
     this._subscribeChain = Promise.resolve();
     /** @type {Map<string, string>} remote track id -> participant id */
@@ -259,8 +261,12 @@ export class CommhubClient extends EventTarget {
   }
 
   /**
-   * Publish the first audio track of `mediaStream` on a new publish connection. Resolves once
-   * the server's answer has been applied (media then flows as soon as ICE/DTLS connect).
+   * Publish the first audio track of `mediaStream` on the publish connection. Resolves once the
+   * server's answer has been applied (media then flows as soon as ICE/DTLS connect).
+   *
+   * Calling it again while the publish connection is up swaps the track in place
+   * (`RTCRtpSender.replaceTrack`, no renegotiation) and resolves with the previous answer; if the
+   * connection failed or was closed, a new one is negotiated with a fresh `publish` offer.
    * @param {MediaStream} mediaStream
    * @returns {Promise<object>} the `publish_answer` message
    */
@@ -268,6 +274,23 @@ export class CommhubClient extends EventTarget {
     if (this.state !== 'joined') throw new CommhubError('not_joined', 'join a room before publishing');
     const track = mediaStream && mediaStream.getAudioTracks()[0];
     if (!track) throw new CommhubError('no_audio_track', 'the stream has no audio track');
+    if (this._publishing) throw new CommhubError('out_of_order', 'a publish is already in progress');
+    const old = this.publishPc;
+    if (old && this._publishAnswered && !['failed', 'closed'].includes(old.connectionState)) {
+      const sender = old.getTransceivers()[0].sender;
+      await sender.replaceTrack(track);
+      this.localStream = mediaStream;
+      return this._lastPublishAnswer;
+    }
+    this._publishing = true;
+    try {
+      return await this._negotiatePublish(mediaStream, track);
+    } finally {
+      this._publishing = false;
+    }
+  }
+
+  async _negotiatePublish(mediaStream, track) {
     if (this.publishPc) {
       this.publishPc.close();
       this.publishPc = null;
@@ -284,8 +307,15 @@ export class CommhubClient extends EventTarget {
       if (pc !== this.publishPc) return;
       const cand = candidateToWire(ev.candidate);
       if (cand === undefined) return;
-      if (this._publishAnswered) this._send({ type: 'ice_candidate', target: 'publish', candidate: cand });
-      else this._localPublishCandidates.push(cand);
+      if (!this._publishAnswered) {
+        this._localPublishCandidates.push(cand);
+        return;
+      }
+      try {
+        this._send({ type: 'ice_candidate', target: 'publish', candidate: cand });
+      } catch (err) {
+        this._warn('could not send a publish candidate', err);
+      }
     });
     this._watchState(pc, 'publish');
 
@@ -295,6 +325,7 @@ export class CommhubClient extends EventTarget {
     if (pc !== this.publishPc) throw new CommhubError('closed', 'publish connection was replaced or closed');
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     this._publishAnswered = true;
+    this._lastPublishAnswer = answer;
     if (this.self) this.self.publishing = true;
     await this._flushRemoteCandidates('publish');
     for (const cand of this._localPublishCandidates.splice(0)) {
@@ -720,6 +751,7 @@ export class CommhubClient extends EventTarget {
     this.publishPc = null;
     this.subscribePc = null;
     this._publishAnswered = false;
+    this._lastPublishAnswer = null;
     this._localPublishCandidates = [];
     this._remoteCandidates = { publish: [], subscribe: [] };
     this._subscribeChain = Promise.resolve();

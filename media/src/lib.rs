@@ -36,3 +36,11 @@ pub use rewrite::Rewriter;
 pub use room::{LeaveReason, Notice, ParticipantId, ParticipantKind, ParticipantMeta, RoomModel};
 pub use stats::{MediaStats, StatsSnapshot};
 pub use tap::{Tap, TapPacket, TapReceiver};
+pub mod peer;
+pub mod ports;
+pub mod sfu;
+
+pub use peer::{PeerConfig, PeerError};
+pub use sfu::{Participant, ParticipantEvent, Sfu, SfuConfig, SfuError, SubscribedTrack, Target};
+/// ICE candidate as exchanged with clients (`RTCIceCandidateInit`).
+pub use webrtc::peer_connection::RTCIceCandidateInit as IceCandidateInit;

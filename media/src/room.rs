@@ -341,7 +341,10 @@ mod tests {
         }));
         assert!(nb.contains(&Notice::TracksChanged));
         assert!(r.producers_for("b").is_empty());
-        assert_eq!(r.leave("a", LeaveReason::Left).unwrap_err(), RoomError::NotFound);
+        assert_eq!(
+            r.leave("a", LeaveReason::Left).unwrap_err(),
+            RoomError::NotFound
+        );
         r.leave("b", LeaveReason::Left).expect("leave");
         assert!(r.is_empty());
     }

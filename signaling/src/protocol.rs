@@ -325,9 +325,9 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, SignalError> {
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| SignalError::new(ErrorCode::Malformed, format!("not valid JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| {
-        SignalError::new(ErrorCode::Malformed, "a message must be a JSON object")
-    })?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| SignalError::new(ErrorCode::Malformed, "a message must be a JSON object"))?;
     let ty = match obj.get("type") {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => {
@@ -336,7 +336,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, SignalError> {
                 "field `type` must be a string",
             ));
         }
-        None => return Err(SignalError::new(ErrorCode::Malformed, "missing field `type`")),
+        None => {
+            return Err(SignalError::new(
+                ErrorCode::Malformed,
+                "missing field `type`",
+            ));
+        }
     };
     if !CLIENT_TYPES.contains(&ty.as_str()) {
         let mut shown: String = ty.chars().take(32).collect();
@@ -349,8 +354,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, SignalError> {
         ));
     }
     let msg: ClientMessage = serde_json::from_value(value).map_err(|e| {
-        SignalError::new(ErrorCode::InvalidField, format!("bad `{ty}` message: {e}"))
-            .reply_to(&ty)
+        SignalError::new(ErrorCode::InvalidField, format!("bad `{ty}` message: {e}")).reply_to(&ty)
     })?;
     validate(&msg).map_err(|e| e.reply_to(&ty))?;
     Ok(msg)
@@ -485,7 +489,11 @@ mod tests {
         ];
         for m in msgs {
             let text = serde_json::to_string(&m).expect("serialise");
-            assert_eq!(parse_client_message(&text).expect("parse back"), m, "{text}");
+            assert_eq!(
+                parse_client_message(&text).expect("parse back"),
+                m,
+                "{text}"
+            );
             assert!(CLIENT_TYPES.contains(&m.type_name()));
         }
     }

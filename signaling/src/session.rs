@@ -15,7 +15,10 @@ pub enum SessionState {
     /// `join` accepted, waiting for the server to admit the participant.
     Joining,
     /// In a room.
-    Joined { room: String, participant_id: String },
+    Joined {
+        room: String,
+        participant_id: String,
+    },
 }
 
 /// What the server must do for a client message that the state machine accepted.
@@ -28,15 +31,21 @@ pub enum Action {
         token: Option<String>,
     },
     /// Apply the publish offer and reply with `publish_answer`.
-    Publish { sdp: String },
+    Publish {
+        sdp: String,
+    },
     /// Apply the subscribe answer; afterwards call [`Session::subscribe_answered`].
-    ApplySubscribeAnswer { sdp: String },
+    ApplySubscribeAnswer {
+        sdp: String,
+    },
     AddIceCandidate {
         target: PcTarget,
         candidate: Option<IceCandidate>,
     },
     Leave,
-    Pong { id: Option<u64> },
+    Pong {
+        id: Option<u64>,
+    },
 }
 
 /// Sequencing of server-initiated offers on the subscribe connection: at most one offer is
@@ -174,10 +183,7 @@ impl Session {
                     token,
                 })
             }
-            _ if !joined => Err(SignalError::new(
-                ErrorCode::OutOfOrder,
-                "join a room first",
-            )),
+            _ if !joined => Err(SignalError::new(ErrorCode::OutOfOrder, "join a room first")),
             ClientMessage::Publish { sdp } => {
                 if self.publish_pending {
                     return Err(SignalError::new(
@@ -323,14 +329,20 @@ mod tests {
             s.on_message(cand.clone()).unwrap_err().code,
             ErrorCode::OutOfOrder
         );
-        assert!(matches!(s.on_message(publish()), Ok(Action::Publish { .. })));
+        assert!(matches!(
+            s.on_message(publish()),
+            Ok(Action::Publish { .. })
+        ));
         assert_eq!(
             s.on_message(publish()).unwrap_err().code,
             ErrorCode::OutOfOrder
         );
         s.publish_done(true);
         assert!(s.on_message(cand).is_ok());
-        assert!(matches!(s.on_message(publish()), Ok(Action::Publish { .. })));
+        assert!(matches!(
+            s.on_message(publish()),
+            Ok(Action::Publish { .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,9 @@
   *excludes* 127.0.0.1, so without this patch the test clients would advertise the machine's
   real addresses and never talk to a loopback-only server.
 - new_peer_connection(): RTCPeerConnection with no ICE servers (no STUN traffic).
-- ToneTrack: an audio MediaStreamTrack producing a sine tone, 20 ms / 48 kHz mono s16 frames.
+- ToneTrack: an audio MediaStreamTrack producing a sine tone, 20 ms / 48 kHz s16 frames
+  (the same signal on both channels of a stereo frame, which is what aiortc's Opus encoder
+  takes without resampling; the RMS on the wire is amplitude/sqrt(2)).
 - AudioSink: collects received audio per key (participant id), as mono int16 at 48 kHz.
 - parse_candidate(): a browser-style candidate dict -> RTCIceCandidate (or None).
 - sdp_candidate_addresses(): the connection addresses of every a=candidate line in an SDP.
@@ -89,7 +91,7 @@ def parse_candidate(c: Optional[dict]) -> Optional[RTCIceCandidate]:
 
 
 class ToneTrack(MediaStreamTrack):
-    """A sine tone: 20 ms frames of 48 kHz mono s16, paced in real time."""
+    """A sine tone: 20 ms frames of 48 kHz s16 (identical stereo channels), paced in real time."""
 
     kind = "audio"
 
@@ -118,8 +120,11 @@ class ToneTrack(MediaStreamTrack):
             x = self.amplitude * np.sin(phase)
         else:
             x = np.zeros(FRAME_SAMPLES)
-        pcm = np.round(x * 32767.0).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        # Identical left/right: aiortc's Opus encoder wants s16 stereo and would otherwise
+        # upmix mono with a -3 dB pan law, so the level on the wire would not be --amplitude.
+        mono = np.round(x * 32767.0).astype(np.int16)
+        pcm = np.repeat(mono, 2).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)

@@ -1,0 +1,261 @@
+//! The webrtc-rs adapter: builds peer connections for the SFU (Opus only, audio-level header
+//! extension, ports from the configured range, ICE timeouts, announced addresses), and turns
+//! webrtc-rs callbacks into [`PeerEvent`]s on a channel. Callbacks only translate and forward;
+//! the logic that reacts lives in `sfu.rs`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+
+use crate::level::AUDIO_LEVEL_URI;
+use crate::ports::{PortAllocator, PortLease};
+
+/// The Opus payload type the SFU offers (the one browsers use).
+pub const OPUS_PT: u8 = 111;
+/// Opus RTP clock rate.
+pub const OPUS_CLOCK_RATE: u32 = 48_000;
+
+/// How peer connections are built.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub bind_ip: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub announced_ips: Vec<String>,
+    pub ice_disconnected: Duration,
+    pub ice_failed: Duration,
+}
+
+/// What a peer connection reports.
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle; `None` ends gathering.
+    LocalCandidate(Option<RTCIceCandidateInit>),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+}
+
+/// Errors building or negotiating a peer connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("no free UDP port in the configured media range")]
+    NoPorts,
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    #[error("webrtc: {0}")]
+    Webrtc(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+impl From<webrtc::error::Error> for PeerError {
+    fn from(e: webrtc::error::Error) -> Self {
+        PeerError::Webrtc(e.to_string())
+    }
+}
+
+/// Builds peer connections.
+#[derive(Debug, Clone)]
+pub struct PeerFactory {
+    cfg: PeerConfig,
+    ports: PortAllocator,
+}
+
+/// A peer connection with the port it holds. Closing is explicit ([`Peer::close`]); the port
+/// returns to the range when the `Peer` is dropped.
+pub struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    _lease: PortLease,
+}
+
+impl Peer {
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "closing peer connection");
+        }
+    }
+}
+
+struct Handler {
+    tx: mpsc::UnboundedSender<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.tx.send(PeerEvent::LocalCandidate(Some(init)));
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.send(PeerEvent::LocalCandidate(None));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(PeerEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(PeerEvent::Track(track));
+    }
+}
+
+/// The codec every SFU connection negotiates: Opus 48 kHz stereo with in-band FEC.
+pub fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: OPUS_CLOCK_RATE,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+impl PeerFactory {
+    pub fn new(cfg: PeerConfig) -> Self {
+        let ports = PortAllocator::new(cfg.port_min, cfg.port_max);
+        PeerFactory { cfg, ports }
+    }
+
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// Build a peer connection bound to a leased port; its events go to `tx`.
+    pub async fn create(&self, tx: mpsc::UnboundedSender<PeerEvent>) -> Result<Peer, PeerError> {
+        // A port may be taken by another process: try a few leases before giving up.
+        let mut last_err = PeerError::NoPorts;
+        for _ in 0..8 {
+            let lease = self.ports.lease().ok_or(PeerError::NoPorts)?;
+            match self.build(lease.port(), tx.clone()).await {
+                Ok(pc) => {
+                    return Ok(Peer { pc, _lease: lease });
+                }
+                Err(e) => {
+                    tracing::debug!(port = lease.port(), error = %e, "peer connection bind failed");
+                    last_err = e;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn build(
+        &self,
+        port: u16,
+        tx: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<Arc<dyn PeerConnection>, PeerError> {
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PT,
+                ..Default::default()
+            },
+            RtpCodecKind::Audio,
+        )?;
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+
+        let mut settings = SettingEngineBuilder::new()
+            .with_ice_timeouts(
+                Some(self.cfg.ice_disconnected),
+                Some(self.cfg.ice_failed),
+                Some(Duration::from_secs(2)),
+            )
+            .with_include_loopback_candidate(self.cfg.bind_ip.is_loopback());
+        if !self.cfg.announced_ips.is_empty() {
+            settings = settings
+                .with_nat_1to1_ips(self.cfg.announced_ips.clone(), RTCIceCandidateType::Host);
+        }
+        let config = RTCConfigurationBuilder::new().build();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings.build())
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Handler { tx }))
+            .with_udp_addrs(vec![format!("{}:{}", self.cfg.bind_ip, port)])
+            .build()
+            .await?;
+        Ok(Arc::new(pc))
+    }
+}
+
+/// The RTP header extension id the remote side chose for `uri`, read from its SDP.
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("a=extmap:")?;
+        let (id, tail) = rest.split_once(' ')?;
+        let id = id.split('/').next()?.parse::<u8>().ok()?;
+        (tail.split_whitespace().next()? == uri).then_some(id)
+    })
+}
+
+/// Whether an SDP has at least one audio m-line offering Opus.
+pub fn offers_opus(sdp: &str) -> bool {
+    let mut in_audio = false;
+    for l in sdp.lines() {
+        let l = l.trim();
+        if let Some(m) = l.strip_prefix("m=") {
+            in_audio = m.starts_with("audio ");
+        } else if in_audio
+            && l.starts_with("a=rtpmap:")
+            && l.to_ascii_lowercase().contains(" opus/48000")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+        a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+        a=extmap:3/sendonly http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
+
+    #[test]
+    fn finds_extmap_ids_and_opus() {
+        assert_eq!(extmap_id(SDP, AUDIO_LEVEL_URI), Some(1));
+        assert_eq!(
+            extmap_id(
+                SDP,
+                "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+            ),
+            Some(3)
+        );
+        assert_eq!(extmap_id(SDP, "urn:nope"), None);
+        assert!(offers_opus(SDP));
+        assert!(!offers_opus(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+        ));
+        assert!(!offers_opus(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        ));
+    }
+}

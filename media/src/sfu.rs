@@ -1,0 +1,1225 @@
+//! The SFU with its IO: rooms of participants, each participant's publish and subscribe peer
+//! connections, the publisher read loops that fan packets out, and the subscriber writer tasks
+//! that rewrite and send them.
+//!
+//! Ownership: a [`Participant`] handle is owned by whoever drives it (a WebSocket session, a
+//! WHIP supervisor task). Room membership lives in [`RoomModel`] behind a mutex that is never held
+//! across an `.await`; the forwarding path reads an immutable [`Routes`] snapshot (`ArcSwap`) and
+//! takes no lock. Dropping a `Participant` removes it from its room.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{mpsc, oneshot};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::forward::{ConsumerSet, MediaPacket, Routes, SinkMsg, SubscriberSink, fan_out};
+use crate::level::{AUDIO_LEVEL_URI, SpeakerDetector, parse_audio_level};
+use crate::peer::{
+    OPUS_CLOCK_RATE, OPUS_PT, Peer, PeerConfig, PeerError, PeerEvent, PeerFactory, extmap_id,
+    offers_opus, opus_codec,
+};
+use crate::room::{
+    LeaveReason, Notice, Notices, ParticipantId, ParticipantKind, ParticipantMeta, RoomError,
+    RoomModel,
+};
+use crate::stats::MediaStats;
+use crate::tap::{Tap, TapReceiver, tap};
+
+/// SFU settings (translated from the server's config by `src`).
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub peer: PeerConfig,
+    pub max_participants_per_room: usize,
+    pub subscriber_queue: usize,
+    pub tap_queue: usize,
+    pub audio_level_interval: Duration,
+    /// A connection that is not connected (or stays disconnected) this long is given up.
+    pub media_timeout: Duration,
+    /// Upper bound on any one SDP operation or ICE gathering.
+    pub negotiation_timeout: Duration,
+}
+
+/// Which of a participant's connections an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Publish,
+    Subscribe,
+}
+
+/// What a participant's owner is told.
+#[derive(Debug, Clone)]
+pub enum ParticipantEvent {
+    Notice(Notice),
+    LocalCandidate {
+        target: Target,
+        candidate: Option<RTCIceCandidateInit>,
+    },
+    AudioLevels {
+        levels: Vec<(ParticipantId, f32)>,
+        active_speaker: Option<ParticipantId>,
+    },
+    ActiveSpeaker(Option<ParticipantId>),
+    /// A connection failed or did not (re)connect within the media timeout.
+    MediaTimeout(Target),
+    /// The server removes the participant (shutdown, kick).
+    Removed(LeaveReason),
+}
+
+/// Errors of SFU operations; each maps to one client-facing error.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Room(#[from] RoomError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    #[error("{0}")]
+    State(&'static str),
+}
+
+/// A remote participant's audio on a subscribe connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribedTrack {
+    pub participant_id: ParticipantId,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// Rooms and everything in them. Cheap to clone.
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<SfuInner>,
+}
+
+struct SfuInner {
+    cfg: SfuConfig,
+    factory: PeerFactory,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    stats: Arc<MediaStats>,
+    closing: AtomicBool,
+    next_id: AtomicU64,
+    /// WHIP publishers and WHEP subscribers, by resource id: a sender that ends them.
+    resources: Mutex<HashMap<String, oneshot::Sender<LeaveReason>>>,
+}
+
+struct Room {
+    name: Arc<str>,
+    state: Mutex<RoomState>,
+    routes: ArcSwap<Routes>,
+    levels: Mutex<SpeakerDetector<ParticipantId>>,
+}
+
+struct RoomState {
+    model: RoomModel,
+    members: HashMap<ParticipantId, mpsc::UnboundedSender<ParticipantEvent>>,
+    sinks: Vec<SubscriberSink>,
+    taps: Vec<Tap>,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic while holding it, which is a bug; keep serving with the
+    // data as it is rather than cascading the panic into every other room.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Room {
+    fn publish_routes(&self, st: &RoomState) {
+        self.routes.store(Arc::new(Routes {
+            sinks: st.sinks.clone(),
+            taps: st.taps.clone(),
+        }));
+    }
+
+    fn dispatch(&self, st: &RoomState, notices: Notices) {
+        for (to, n) in notices {
+            if let Some(tx) = st.members.get(&to) {
+                let _ = tx.send(ParticipantEvent::Notice(n));
+            }
+        }
+    }
+}
+
+impl Sfu {
+    pub fn new(cfg: SfuConfig) -> Self {
+        let factory = PeerFactory::new(cfg.peer.clone());
+        Sfu {
+            inner: Arc::new(SfuInner {
+                cfg,
+                factory,
+                rooms: Mutex::new(HashMap::new()),
+                stats: Arc::new(MediaStats::default()),
+                closing: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                resources: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<MediaStats> {
+        &self.inner.stats
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.inner.cfg
+    }
+
+    /// UDP ports leased / available.
+    pub fn ports(&self) -> (usize, usize) {
+        let p = self.inner.factory.ports();
+        (p.leased(), p.capacity())
+    }
+
+    /// Names of open rooms with their participant counts.
+    pub fn rooms(&self) -> Vec<(String, usize)> {
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        let mut v: Vec<_> = rooms
+            .iter()
+            .map(|r| (r.name.to_string(), lock(&r.state).model.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Everyone in a room, in order of arrival.
+    pub fn participants(&self, room: &str) -> Option<Vec<ParticipantMeta>> {
+        let r = lock(&self.inner.rooms).get(room).cloned()?;
+        let st = lock(&r.state);
+        Some(st.model.participants())
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed)
+    }
+
+    fn room(&self, name: &str) -> Arc<Room> {
+        let mut rooms = lock(&self.inner.rooms);
+        if let Some(r) = rooms.get(name) {
+            return r.clone();
+        }
+        let room = Arc::new(Room {
+            name: Arc::from(name),
+            state: Mutex::new(RoomState {
+                model: RoomModel::new(name, self.inner.cfg.max_participants_per_room),
+                members: HashMap::new(),
+                sinks: Vec::new(),
+                taps: Vec::new(),
+                closed: false,
+            }),
+            routes: ArcSwap::from_pointee(Routes::default()),
+            levels: Mutex::new(SpeakerDetector::new()),
+        });
+        rooms.insert(name.to_string(), room.clone());
+        MediaStats::gauge(&self.inner.stats.rooms, 1);
+        tracing::info!(room = %name, "room opened");
+        tokio::spawn(level_ticker(
+            Arc::downgrade(&room),
+            self.inner.cfg.audio_level_interval,
+        ));
+        room
+    }
+
+    fn drop_room_if_closed(&self, room: &Arc<Room>) {
+        let closed = lock(&room.state).closed;
+        if !closed {
+            return;
+        }
+        let mut rooms = lock(&self.inner.rooms);
+        if rooms
+            .get(room.name.as_ref())
+            .is_some_and(|r| Arc::ptr_eq(r, room))
+        {
+            rooms.remove(room.name.as_ref());
+            MediaStats::gauge(&self.inner.stats.rooms, -1);
+            tracing::info!(room = %room.name, "room closed");
+        }
+    }
+
+    /// Join `room` (created on first join).
+    pub fn join(
+        &self,
+        room: &str,
+        display_name: String,
+        role: String,
+        kind: ParticipantKind,
+    ) -> Result<(Participant, Vec<ParticipantMeta>), SfuError> {
+        if self.is_closing() {
+            return Err(SfuError::ShuttingDown);
+        }
+        let id: ParticipantId = Arc::from(new_id().as_str());
+        let subscribes = kind == ParticipantKind::Signaling;
+        let (tx, rx) = mpsc::unbounded_channel();
+        loop {
+            let r = self.room(room);
+            let mut st = lock(&r.state);
+            if st.closed {
+                // Closed between lookup and lock: a fresh room will be made.
+                drop(st);
+                self.drop_room_if_closed(&r);
+                continue;
+            }
+            let (meta, notices) = st.model.join(
+                id.clone(),
+                display_name.clone(),
+                role.clone(),
+                kind,
+                subscribes,
+            )?;
+            let others: Vec<ParticipantMeta> = st
+                .model
+                .participants()
+                .into_iter()
+                .filter(|m| m.id != id)
+                .collect();
+            st.members.insert(id.clone(), tx.clone());
+            r.dispatch(&st, notices);
+            drop(st);
+            MediaStats::gauge(&self.inner.stats.participants, 1);
+            tracing::info!(room = %room, participant = %id, kind = kind.as_str(), "joined");
+            let p = Participant {
+                id: id.clone(),
+                meta,
+                room: r,
+                sfu: self.clone(),
+                events: rx,
+                events_tx: tx,
+                publish: None,
+                level_ext: Arc::new(AtomicU8::new(0)),
+                subscribe: None,
+                left: false,
+            };
+            return Ok((p, others));
+        }
+    }
+
+    /// Tap a room's packets (the room must be open). The tap lives until its receiver is dropped
+    /// or [`Sfu::remove_tap`] is called.
+    pub fn add_tap(&self, room: &str, name: &str) -> Result<TapReceiver, SfuError> {
+        let r = lock(&self.inner.rooms)
+            .get(room)
+            .cloned()
+            .ok_or_else(|| SfuError::NotFound(format!("no room `{room}`")))?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (t, rx) = tap(id, name, self.inner.cfg.tap_queue);
+        let mut st = lock(&r.state);
+        st.taps.retain(|t| !t.is_closed());
+        st.taps.push(t);
+        r.publish_routes(&st);
+        Ok(rx)
+    }
+
+    pub fn remove_tap(&self, room: &str, tap_id: u64) {
+        if let Some(r) = lock(&self.inner.rooms).get(room).cloned() {
+            let mut st = lock(&r.state);
+            st.taps.retain(|t| t.id != tap_id);
+            r.publish_routes(&st);
+        }
+    }
+
+    /// WHIP: join `room` as a publisher from a complete SDP offer; returns the participant id
+    /// and the complete answer. The participant stays until [`Sfu::end_resource`] or its media
+    /// times out.
+    pub async fn whip_publish(
+        &self,
+        room: &str,
+        display_name: String,
+        role: String,
+        offer: String,
+    ) -> Result<(ParticipantId, String), SfuError> {
+        let (mut p, _) = self.join(room, display_name, role, ParticipantKind::Whip)?;
+        let answer = match p.publish(offer, true).await {
+            Ok(a) => a,
+            Err(e) => {
+                p.leave(LeaveReason::Left).await;
+                return Err(e);
+            }
+        };
+        let id = p.id.clone();
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        lock(&self.inner.resources).insert(id.to_string(), stop_tx);
+        let sfu = self.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                tokio::select! {
+                    r = &mut stop_rx => break r.unwrap_or(LeaveReason::Left),
+                    ev = p.events.recv() => match ev {
+                        Some(ParticipantEvent::MediaTimeout(_)) => break LeaveReason::MediaTimeout,
+                        Some(ParticipantEvent::Removed(r)) => break r,
+                        Some(_) => {}
+                        None => break LeaveReason::Left,
+                    },
+                }
+            };
+            lock(&sfu.inner.resources).remove(p.id.as_ref());
+            p.leave(reason).await;
+        });
+        Ok((id, answer))
+    }
+
+    /// WHEP: subscribe to one participant's audio from a complete SDP offer; returns the
+    /// subscriber id and the complete answer.
+    pub async fn whep_subscribe(
+        &self,
+        room: &str,
+        producer: &str,
+        offer: String,
+    ) -> Result<(String, String), SfuError> {
+        if self.is_closing() {
+            return Err(SfuError::ShuttingDown);
+        }
+        let r = lock(&self.inner.rooms)
+            .get(room)
+            .cloned()
+            .ok_or_else(|| SfuError::NotFound(format!("no room `{room}`")))?;
+        let producer_id: ParticipantId = {
+            let st = lock(&r.state);
+            let m = st.model.get(producer).ok_or_else(|| {
+                SfuError::NotFound(format!("no participant `{producer}` in room `{room}`"))
+            })?;
+            m.id.clone()
+        };
+        if !offers_opus(&offer) {
+            return Err(SfuError::BadSdp(
+                "the offer has no Opus audio m-line".into(),
+            ));
+        }
+        let sub_id = new_id();
+        let sub_pid: ParticipantId = Arc::from(sub_id.as_str());
+        let (ptx, prx) = mpsc::unbounded_channel();
+        let peer = self.inner.factory.create(ptx).await?;
+        let ssrc = rand::random::<u32>();
+        let track = Arc::new(local_track(&producer_id, ssrc));
+        let timeout = self.inner.cfg.negotiation_timeout;
+        let negotiated = async {
+            let sender = peer
+                .pc
+                .add_track(track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(PeerError::from)?;
+            let desc =
+                RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            peer.pc
+                .set_remote_description(desc)
+                .await
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            let answer = peer.pc.create_answer(None).await.map_err(PeerError::from)?;
+            peer.pc
+                .set_local_description(answer)
+                .await
+                .map_err(PeerError::from)?;
+            let pt = negotiated_pt(&sender).await;
+            Ok::<_, SfuError>((sender, pt))
+        };
+        let (_sender, pt) = match tokio::time::timeout(timeout, negotiated).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                peer.close().await;
+                return Err(e);
+            }
+            Err(_) => {
+                peer.close().await;
+                return Err(PeerError::Timeout("WHEP negotiation").into());
+            }
+        };
+        let answer = match complete_local_sdp(&peer, prx, timeout).await {
+            Ok((sdp, rest)) => {
+                let connected = Arc::new(AtomicBool::new(false));
+                let (sink_tx, sink_rx) = mpsc::channel(self.inner.cfg.subscriber_queue);
+                let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+                let _ = ctrl_tx.send(WriterCtrl::Add {
+                    producer: producer_id.clone(),
+                    track,
+                    ssrc,
+                    pt,
+                });
+                tokio::spawn(writer_task(
+                    sink_rx,
+                    ctrl_rx,
+                    connected.clone(),
+                    self.inner.stats.clone(),
+                ));
+                {
+                    let mut st = lock(&r.state);
+                    st.sinks.push(SubscriberSink {
+                        subscriber: sub_pid.clone(),
+                        only: Some(producer_id.clone()),
+                        tx: sink_tx,
+                    });
+                    r.publish_routes(&st);
+                }
+                MediaStats::gauge(&self.inner.stats.subscribers, 1);
+                let (stop_tx, stop_rx) = oneshot::channel();
+                lock(&self.inner.resources).insert(sub_id.clone(), stop_tx);
+                let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+                tokio::spawn(watch_peer(
+                    rest,
+                    Target::Subscribe,
+                    ev_tx,
+                    connected,
+                    self.inner.cfg.media_timeout,
+                    None,
+                ));
+                tokio::spawn(whep_supervisor(
+                    self.clone(),
+                    r.clone(),
+                    sub_pid,
+                    peer,
+                    stop_rx,
+                    ev_rx,
+                    ctrl_tx,
+                ));
+                sdp
+            }
+            Err(e) => {
+                peer.close().await;
+                return Err(e);
+            }
+        };
+        Ok((sub_id, answer))
+    }
+
+    /// End a WHIP publisher or WHEP subscriber by its resource id. False when unknown.
+    pub fn end_resource(&self, id: &str) -> bool {
+        match lock(&self.inner.resources).remove(id) {
+            Some(tx) => {
+                let _ = tx.send(LeaveReason::Left);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Begin shutdown: refuse new joins and tell every participant's owner to leave.
+    pub fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for r in rooms {
+            let st = lock(&r.state);
+            for tx in st.members.values() {
+                let _ = tx.send(ParticipantEvent::Removed(LeaveReason::ServerShutdown));
+            }
+        }
+        let resources: Vec<_> = lock(&self.inner.resources).drain().collect();
+        for (_, tx) in resources {
+            let _ = tx.send(LeaveReason::ServerShutdown);
+        }
+    }
+
+    /// Remove a participant by id (e.g. the call ended). False when not found.
+    pub fn kick(&self, room: &str, participant: &str) -> bool {
+        let Some(r) = lock(&self.inner.rooms).get(room).cloned() else {
+            return false;
+        };
+        let st = lock(&r.state);
+        match st.members.get(participant) {
+            Some(tx) => tx
+                .send(ParticipantEvent::Removed(LeaveReason::Kicked))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Participants across all rooms.
+    pub fn participant_count(&self) -> usize {
+        self.rooms().iter().map(|(_, n)| n).sum()
+    }
+}
+
+fn new_id() -> String {
+    let a: u64 = rand::random();
+    let b: u64 = rand::random();
+    // A random (version 4) UUID.
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn local_track(producer: &ParticipantId, ssrc: u32) -> TrackLocalStaticRTP {
+    TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        producer.to_string(),
+        format!("audio-{producer}"),
+        format!("audio-{producer}"),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    ))
+}
+
+/// The Opus payload type negotiated on a sender (our offer uses [`OPUS_PT`]; as answerer the
+/// remote's choice wins).
+async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> u8 {
+    match sender.get_parameters().await {
+        Ok(p) => p
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("audio/opus"))
+            .map(|c| c.payload_type)
+            .unwrap_or(OPUS_PT),
+        Err(_) => OPUS_PT,
+    }
+}
+
+/// Wait until ICE gathering completes (bounded), then return the local SDP with every
+/// candidate, and the event receiver for further use.
+async fn complete_local_sdp(
+    peer: &Peer,
+    mut rx: mpsc::UnboundedReceiver<PeerEvent>,
+    timeout: Duration,
+) -> Result<(String, mpsc::UnboundedReceiver<PeerEvent>), SfuError> {
+    let mut early = Vec::new();
+    let gathered = tokio::time::timeout(timeout, async {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                PeerEvent::LocalCandidate(None) => return true,
+                other => early.push(other),
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(gathered, Ok(true)) {
+        return Err(PeerError::Timeout("ICE gathering").into());
+    }
+    // Put back what arrived meanwhile (state changes, tracks) for the watcher.
+    let (tx, new_rx) = mpsc::unbounded_channel();
+    for ev in early {
+        if !matches!(ev, PeerEvent::LocalCandidate(_)) {
+            let _ = tx.send(ev);
+        }
+    }
+    tokio::spawn(async move {
+        let mut rx = rx;
+        while let Some(ev) = rx.recv().await {
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    let sdp = peer
+        .pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or(SfuError::State("no local description"))?;
+    Ok((sdp, new_rx))
+}
+
+/// Per-connection watcher: forwards local candidates, tracks connection state, starts the
+/// publisher read loop for incoming tracks, and reports a media timeout when the connection
+/// fails or does not (re)connect in time.
+async fn watch_peer(
+    mut rx: mpsc::UnboundedReceiver<PeerEvent>,
+    target: Target,
+    events: mpsc::UnboundedSender<ParticipantEvent>,
+    connected: Arc<AtomicBool>,
+    media_timeout: Duration,
+    publisher: Option<PublisherCtx>,
+) {
+    let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break,
+                Some(PeerEvent::LocalCandidate(c)) => {
+                    let _ = events.send(ParticipantEvent::LocalCandidate { target, candidate: c });
+                }
+                Some(PeerEvent::State(s)) => {
+                    tracing::debug!(?target, state = %s, "peer connection state");
+                    match s {
+                        RTCPeerConnectionState::Connected => {
+                            connected.store(true, Ordering::Relaxed);
+                            deadline = None;
+                        }
+                        RTCPeerConnectionState::Disconnected => {
+                            connected.store(false, Ordering::Relaxed);
+                            deadline.get_or_insert(tokio::time::Instant::now() + media_timeout);
+                        }
+                        RTCPeerConnectionState::Failed => {
+                            connected.store(false, Ordering::Relaxed);
+                            deadline = None;
+                            let _ = events.send(ParticipantEvent::MediaTimeout(target));
+                        }
+                        RTCPeerConnectionState::Closed => {
+                            connected.store(false, Ordering::Relaxed);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                Some(PeerEvent::Track(track)) => {
+                    if let Some(ctx) = &publisher {
+                        tokio::spawn(read_loop(track, ctx.clone()));
+                    }
+                }
+            },
+            _ = sleep => {
+                deadline = None;
+                let _ = events.send(ParticipantEvent::MediaTimeout(target));
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct PublisherCtx {
+    room: Weak<Room>,
+    producer: ParticipantId,
+    level_ext: Arc<AtomicU8>,
+    stats: Arc<MediaStats>,
+}
+
+/// The publisher's hot path: every packet of its track fanned out to the room's subscribers
+/// and taps.
+async fn read_loop(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
+    if track.kind().await != RtpCodecKind::Audio {
+        tracing::warn!(participant = %ctx.producer, "ignoring a non-audio track");
+        return;
+    }
+    while let Some(ev) = track.poll().await {
+        let pkt: rtp::Packet = match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => p,
+            TrackRemoteEvent::OnEnded => break,
+            _ => continue,
+        };
+        let Some(room) = ctx.room.upgrade() else {
+            break;
+        };
+        let now = Instant::now();
+        let ext = ctx.level_ext.load(Ordering::Relaxed);
+        let level = if ext != 0 {
+            pkt.header
+                .get_extension(ext)
+                .and_then(|b| parse_audio_level(&b))
+                .map(|(l, _)| l)
+        } else {
+            None
+        };
+        MediaStats::add(&ctx.stats.packets_in, 1);
+        MediaStats::add(&ctx.stats.bytes_in, pkt.payload.len() as u64);
+        if let Some(l) = level {
+            lock(&room.levels).observe(&ctx.producer, l, now);
+        }
+        let mp = Arc::new(MediaPacket {
+            producer: ctx.producer.clone(),
+            ssrc: pkt.header.ssrc,
+            payload_type: pkt.header.payload_type,
+            sequence: pkt.header.sequence_number,
+            timestamp: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            audio_level: level,
+            arrival: now,
+            arrival_wall: SystemTime::now(),
+            payload: pkt.payload,
+        });
+        let routes = room.routes.load();
+        fan_out(&routes, &mp, &ctx.stats);
+    }
+    tracing::debug!(participant = %ctx.producer, "publisher track ended");
+}
+
+enum WriterCtrl {
+    Add {
+        producer: ParticipantId,
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        pt: u8,
+    },
+    Remove {
+        producer: ParticipantId,
+    },
+}
+
+/// A subscriber's writer: owns its consumers (producer -> local track + rewriter) and writes
+/// every queued packet with that output's SSRC, sequence and timestamp.
+async fn writer_task(
+    mut rx: mpsc::Receiver<SinkMsg>,
+    mut ctrl: mpsc::UnboundedReceiver<WriterCtrl>,
+    connected: Arc<AtomicBool>,
+    stats: Arc<MediaStats>,
+) {
+    let mut consumers: ConsumerSet<(Arc<TrackLocalStaticRTP>, u8)> =
+        ConsumerSet::new(OPUS_CLOCK_RATE);
+    loop {
+        tokio::select! {
+            biased;
+            c = ctrl.recv() => match c {
+                Some(WriterCtrl::Add { producer, track, ssrc, pt }) => {
+                    consumers.add(producer, (track, pt), ssrc);
+                }
+                Some(WriterCtrl::Remove { producer }) => {
+                    consumers.remove(&producer);
+                }
+                None => break,
+            },
+            m = rx.recv() => {
+                let Some(SinkMsg::Packet(p)) = m else { break };
+                if !connected.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(((track, pt), h)) = consumers.route(&p) else { continue };
+                let packet = rtp::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker: p.marker,
+                        payload_type: *pt,
+                        sequence_number: h.sequence,
+                        timestamp: h.timestamp,
+                        ssrc: h.ssrc,
+                        ..Default::default()
+                    },
+                    payload: p.payload.clone(),
+                };
+                let len = packet.payload.len() as u64;
+                match track.write_rtp(packet).await {
+                    Ok(()) => {
+                        MediaStats::add(&stats.packets_out, 1);
+                        MediaStats::add(&stats.bytes_out, len);
+                    }
+                    Err(e) => {
+                        MediaStats::add(&stats.forward_errors, 1);
+                        tracing::trace!(error = %e, "write_rtp");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn whep_supervisor(
+    sfu: Sfu,
+    room: Arc<Room>,
+    sub: ParticipantId,
+    peer: Peer,
+    mut stop: oneshot::Receiver<LeaveReason>,
+    mut events: mpsc::UnboundedReceiver<ParticipantEvent>,
+    _ctrl: mpsc::UnboundedSender<WriterCtrl>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = events.recv() => match ev {
+                Some(ParticipantEvent::MediaTimeout(_)) | None => break,
+                Some(_) => {}
+            },
+        }
+    }
+    lock(&sfu.inner.resources).remove(sub.as_ref());
+    {
+        let mut st = lock(&room.state);
+        st.sinks.retain(|s| s.subscriber != sub);
+        room.publish_routes(&st);
+    }
+    MediaStats::gauge(&sfu.inner.stats.subscribers, -1);
+    peer.close().await;
+    tracing::info!(subscriber = %sub, "WHEP session ended");
+}
+
+/// Periodic audio levels and active-speaker changes for one room.
+async fn level_ticker(room: Weak<Room>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(r) = room.upgrade() else { break };
+        let (levels, speaker, changed) = lock(&r.levels).tick(Instant::now());
+        let st = lock(&r.state);
+        if st.closed {
+            break;
+        }
+        if levels.is_empty() {
+            continue;
+        }
+        for tx in st.members.values() {
+            let _ = tx.send(ParticipantEvent::AudioLevels {
+                levels: levels.clone(),
+                active_speaker: speaker.clone(),
+            });
+            if changed {
+                let _ = tx.send(ParticipantEvent::ActiveSpeaker(speaker.clone()));
+            }
+        }
+    }
+}
+
+struct SubscribeSide {
+    peer: Peer,
+    ctrl: mpsc::UnboundedSender<WriterCtrl>,
+    /// Producers with a track on this connection: (track, sender, ssrc, announced to writer).
+    tracks: HashMap<ParticipantId, (Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>, u32, bool)>,
+}
+
+/// One participant in a room, owned by its driver (a signaling session or WHIP supervisor).
+pub struct Participant {
+    pub id: ParticipantId,
+    pub meta: ParticipantMeta,
+    room: Arc<Room>,
+    sfu: Sfu,
+    /// Everything this participant must react to or relay.
+    pub events: mpsc::UnboundedReceiver<ParticipantEvent>,
+    events_tx: mpsc::UnboundedSender<ParticipantEvent>,
+    publish: Option<Peer>,
+    level_ext: Arc<AtomicU8>,
+    subscribe: Option<SubscribeSide>,
+    left: bool,
+}
+
+impl Participant {
+    pub fn room_name(&self) -> &str {
+        &self.room.name
+    }
+
+    /// Apply a publish offer and return the answer. With `complete`, wait for ICE gathering and
+    /// return the SDP with every candidate (WHIP); otherwise candidates trickle as events.
+    pub async fn publish(&mut self, offer: String, complete: bool) -> Result<String, SfuError> {
+        if !offers_opus(&offer) {
+            return Err(SfuError::BadSdp(
+                "the offer has no audio m-line with Opus/48000".into(),
+            ));
+        }
+        let desc = RTCSessionDescription::offer(offer.clone())
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let timeout = self.sfu.inner.cfg.negotiation_timeout;
+        let mut gather_rx = None;
+        if self.publish.is_none() {
+            let (ptx, prx) = mpsc::unbounded_channel();
+            let peer = self.sfu.inner.factory.create(ptx).await?;
+            peer.pc
+                .add_transceiver_from_kind(
+                    RtpCodecKind::Audio,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .map_err(PeerError::from)?;
+            self.publish = Some(peer);
+            gather_rx = Some(prx);
+        }
+        if let Some(id) = extmap_id(&offer, AUDIO_LEVEL_URI) {
+            self.level_ext.store(id, Ordering::Relaxed);
+        }
+        let Some(peer) = self.publish.as_ref() else {
+            return Err(SfuError::State("publish connection missing"));
+        };
+        let negotiate = async {
+            peer.pc
+                .set_remote_description(desc)
+                .await
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            let answer = peer.pc.create_answer(None).await.map_err(PeerError::from)?;
+            let sdp = answer.sdp.clone();
+            peer.pc
+                .set_local_description(answer)
+                .await
+                .map_err(PeerError::from)?;
+            Ok::<_, SfuError>(sdp)
+        };
+        let mut sdp = tokio::time::timeout(timeout, negotiate)
+            .await
+            .map_err(|_| PeerError::Timeout("publish negotiation"))??;
+        if let Some(prx) = gather_rx {
+            let ctx = PublisherCtx {
+                room: Arc::downgrade(&self.room),
+                producer: self.id.clone(),
+                level_ext: self.level_ext.clone(),
+                stats: self.sfu.inner.stats.clone(),
+            };
+            let rx = if complete {
+                let (full, rest) = complete_local_sdp(peer, prx, timeout).await?;
+                sdp = full;
+                rest
+            } else {
+                prx
+            };
+            tokio::spawn(watch_peer(
+                rx,
+                Target::Publish,
+                self.events_tx.clone(),
+                Arc::new(AtomicBool::new(false)),
+                self.sfu.inner.cfg.media_timeout,
+                Some(ctx),
+            ));
+        }
+        let mut st = lock(&self.room.state);
+        let notices = st.model.set_publishing(&self.id, true)?;
+        self.room.dispatch(&st, notices);
+        drop(st);
+        Ok(sdp)
+    }
+
+    /// Bring the subscribe connection up to date with the room's producers and create an
+    /// offer. Returns the SDP and the tracks it carries.
+    pub async fn subscribe_offer(&mut self) -> Result<(String, Vec<SubscribedTrack>), SfuError> {
+        if self.subscribe.is_none() {
+            let (ptx, prx) = mpsc::unbounded_channel();
+            let peer = self.sfu.inner.factory.create(ptx).await?;
+            let connected = Arc::new(AtomicBool::new(false));
+            let (sink_tx, sink_rx) = mpsc::channel(self.sfu.inner.cfg.subscriber_queue);
+            let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+            tokio::spawn(writer_task(
+                sink_rx,
+                ctrl_rx,
+                connected.clone(),
+                self.sfu.inner.stats.clone(),
+            ));
+            tokio::spawn(watch_peer(
+                prx,
+                Target::Subscribe,
+                self.events_tx.clone(),
+                connected,
+                self.sfu.inner.cfg.media_timeout,
+                None,
+            ));
+            {
+                let mut st = lock(&self.room.state);
+                st.sinks.push(SubscriberSink {
+                    subscriber: self.id.clone(),
+                    only: None,
+                    tx: sink_tx,
+                });
+                self.room.publish_routes(&st);
+            }
+            MediaStats::gauge(&self.sfu.inner.stats.subscribers, 1);
+            self.subscribe = Some(SubscribeSide {
+                peer,
+                ctrl: ctrl_tx,
+                tracks: HashMap::new(),
+            });
+        }
+        let wanted = lock(&self.room.state).model.producers_for(&self.id);
+        let timeout = self.sfu.inner.cfg.negotiation_timeout;
+        let Some(sub) = self.subscribe.as_mut() else {
+            return Err(SfuError::State("subscribe connection missing"));
+        };
+        let work = async {
+            // Remove tracks of producers that are gone.
+            let gone: Vec<ParticipantId> = sub
+                .tracks
+                .keys()
+                .filter(|k| !wanted.iter().any(|m| &m.id == *k))
+                .cloned()
+                .collect();
+            for g in gone {
+                let _ = sub.ctrl.send(WriterCtrl::Remove {
+                    producer: g.clone(),
+                });
+                if let Some((_, sender, _, _)) = sub.tracks.remove(&g) {
+                    sub.peer
+                        .pc
+                        .remove_track(&sender)
+                        .await
+                        .map_err(PeerError::from)?;
+                }
+            }
+            for m in &wanted {
+                if sub.tracks.contains_key(&m.id) {
+                    continue;
+                }
+                let ssrc = rand::random::<u32>();
+                let track = Arc::new(local_track(&m.id, ssrc));
+                let sender = sub
+                    .peer
+                    .pc
+                    .add_track(track.clone() as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(PeerError::from)?;
+                sub.tracks
+                    .insert(m.id.clone(), (track, sender, ssrc, false));
+            }
+            let offer = sub
+                .peer
+                .pc
+                .create_offer(None)
+                .await
+                .map_err(PeerError::from)?;
+            let sdp = offer.sdp.clone();
+            sub.peer
+                .pc
+                .set_local_description(offer)
+                .await
+                .map_err(PeerError::from)?;
+            Ok::<_, SfuError>(sdp)
+        };
+        let sdp = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| PeerError::Timeout("subscribe offer"))??;
+        let tracks = wanted
+            .iter()
+            .map(|m| SubscribedTrack {
+                participant_id: m.id.clone(),
+                stream_id: m.id.to_string(),
+                track_id: format!("audio-{}", m.id),
+            })
+            .collect();
+        Ok((sdp, tracks))
+    }
+
+    /// Apply the client's answer to the latest subscribe offer; new tracks start flowing.
+    pub async fn subscribe_answer(&mut self, sdp: String) -> Result<(), SfuError> {
+        let timeout = self.sfu.inner.cfg.negotiation_timeout;
+        let Some(sub) = self.subscribe.as_mut() else {
+            return Err(SfuError::State("no subscribe offer was made"));
+        };
+        let desc =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        tokio::time::timeout(timeout, sub.peer.pc.set_remote_description(desc))
+            .await
+            .map_err(|_| PeerError::Timeout("subscribe answer"))?
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        for (producer, (track, sender, ssrc, announced)) in sub.tracks.iter_mut() {
+            if *announced {
+                continue;
+            }
+            let pt = negotiated_pt(sender).await;
+            let _ = sub.ctrl.send(WriterCtrl::Add {
+                producer: producer.clone(),
+                track: track.clone(),
+                ssrc: *ssrc,
+                pt,
+            });
+            *announced = true;
+        }
+        Ok(())
+    }
+
+    /// Add a trickled remote candidate (`None` = end of candidates).
+    pub async fn add_remote_candidate(
+        &self,
+        target: Target,
+        candidate: Option<RTCIceCandidateInit>,
+    ) -> Result<(), SfuError> {
+        let peer = match target {
+            Target::Publish => self.publish.as_ref(),
+            Target::Subscribe => self.subscribe.as_ref().map(|s| &s.peer),
+        };
+        let Some(peer) = peer else {
+            return Err(SfuError::State("that connection does not exist yet"));
+        };
+        let Some(c) = candidate else {
+            return Ok(());
+        };
+        if c.candidate.trim().is_empty() {
+            // An empty candidate string also means end-of-candidates.
+            return Ok(());
+        }
+        peer.pc
+            .add_ice_candidate(c)
+            .await
+            .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))
+    }
+
+    /// Leave the room and close both connections.
+    pub async fn leave(mut self, reason: LeaveReason) {
+        self.detach(reason);
+        if let Some(p) = self.publish.take() {
+            p.close().await;
+        }
+        if let Some(s) = self.subscribe.take() {
+            s.peer.close().await;
+        }
+    }
+
+    /// Remove from the room (sync part of leaving).
+    fn detach(&mut self, reason: LeaveReason) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let mut st = lock(&self.room.state);
+        if let Ok((_, notices)) = st.model.leave(&self.id, reason) {
+            st.members.remove(&self.id);
+            let before = st.sinks.len();
+            st.sinks.retain(|s| s.subscriber != self.id);
+            if st.sinks.len() != before {
+                MediaStats::gauge(&self.sfu.inner.stats.subscribers, -1);
+            }
+            self.room.publish_routes(&st);
+            self.room.dispatch(&st, notices);
+            if st.model.is_empty() {
+                st.closed = true;
+            }
+            MediaStats::gauge(&self.sfu.inner.stats.participants, -1);
+        }
+        drop(st);
+        lock(&self.room.levels).remove(&self.id);
+        self.sfu.drop_room_if_closed(&self.room);
+        tracing::info!(room = %self.room.name, participant = %self.id, ?reason, "left");
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        self.detach(LeaveReason::Disconnected);
+        let publish = self.publish.take();
+        let subscribe = self.subscribe.take();
+        if (publish.is_some() || subscribe.is_some())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                if let Some(p) = publish {
+                    p.close().await;
+                }
+                if let Some(s) = subscribe {
+                    s.peer.close().await;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_look_like_uuids() {
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4');
+        assert_ne!(new_id(), id);
+    }
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Install everything commhub's tests need besides the Rust toolchain:
+#   - Debian packages (chromium for the browser test, sox/ffmpeg/gstreamer for media tools,
+#     cmake/pkg-config/libssl-dev for -sys crates),
+#   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
+#   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium).
+# Idempotent and quick when everything is already there. Used by .ci/run; developers can run
+# it directly. Environment: SKIP_APT=1 skips the Debian part, PYTHON picks the interpreter.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+step() { printf '\n==> [setup-test-deps] %s\n' "$*"; }
+
+APT_PACKAGES=(
+  cmake pkg-config libssl-dev
+  chromium sox ffmpeg
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-nice
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# ---------------------------------------------------------------- Debian packages
+if [ "${SKIP_APT:-0}" = "1" ]; then
+  step "apt: skipped (SKIP_APT=1)"
+else
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    step "apt: all ${#APT_PACKAGES[@]} packages already installed"
+  else
+    step "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  fi
+fi
+
+# ---------------------------------------------------------------- Python venv
+REQ="$REPO/tests/clients/requirements.txt"
+VENV="$REPO/.venv"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if command -v python3.11 >/dev/null 2>&1; then PY=python3.11; else PY=python3; fi
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  step "python: creating $VENV with $($PY --version 2>&1)"
+  if ! "$PY" -m venv "$VENV"; then
+    # Debian's own python3 needs python3-venv for ensurepip.
+    rm -rf "$VENV"
+    step "python: venv failed; installing python3-venv"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+    "$PY" -m venv "$VENV"
+  fi
+fi
+want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+stamp="$VENV/.commhub-requirements.sha256"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$VENV/bin/python" -c 'import aiortc, aioice, numpy, websockets' 2>/dev/null; then
+  step "python: requirements already installed in .venv"
+else
+  step "python: pip install -r tests/clients/requirements.txt"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+  echo "$want" > "$stamp"
+fi
+"$VENV/bin/python" - <<'PY'
+import aiortc, aioice.ice, numpy, websockets
+assert hasattr(aioice.ice, "get_host_addresses"), "aioice changed: update tests/clients/rtc_common.py"
+print(f"    aiortc {aiortc.__version__}, numpy {numpy.__version__}, websockets {websockets.__version__}")
+PY
+
+# ---------------------------------------------------------------- npm (browser test)
+BROWSER="$REPO/tests/browser"
+if [ -f "$BROWSER/package.json" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup-test-deps: npm not found (node 20 expected)" >&2
+    exit 1
+  fi
+  want="$(cat "$BROWSER/package.json" "$BROWSER/package-lock.json" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  stamp="$BROWSER/node_modules/.commhub-deps.sha256"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    step "npm: tests/browser dependencies already installed"
+  else
+    if [ -f "$BROWSER/package-lock.json" ]; then
+      step "npm: npm ci in tests/browser"
+      (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+      step "npm: npm install in tests/browser"
+      (cd "$BROWSER" && npm install --no-audit --no-fund --loglevel=error)
+    fi
+    echo "$want" > "$stamp"
+  fi
+else
+  step "npm: no tests/browser/package.json; skipped"
+fi
+
+step "done"

@@ -1,0 +1,230 @@
+//! The command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+/// commhub: a self-hosted VoIP media server. It forwards Opus audio between the participants of
+/// a call (WebRTC SFU), with WebSocket signaling at /ws, WHIP publish at /whip/{room}, WHEP
+/// subscribe at /whep/{room}/{participant}, a demo page at /, and /healthz, /readyz, /metrics.
+///
+/// Configuration comes from built-in defaults, then config/commhub.toml (or --config), then
+/// COMMHUB_<SECTION>__<KEY> environment variables, then the flags below. Every option is
+/// documented in config/commhub.toml.
+#[derive(Debug, Parser)]
+#[command(name = "commhub", version, about, long_about)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: config/commhub.toml when it exists.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address for HTTP/WebSocket (overrides server.listen), e.g. 0.0.0.0:8443.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Local IP media sockets bind to (overrides media.bind_ip).
+    #[arg(long, global = true, value_name = "IP")]
+    pub media_ip: Option<IpAddr>,
+
+    /// Media UDP port range, e.g. 40000-49999 (overrides media.port_min/port_max).
+    #[arg(long, global = true, value_name = "MIN-MAX", value_parser = parse_range)]
+    pub media_ports: Option<(u16, u16)>,
+
+    /// Public IP announced in ICE candidates, for servers behind 1:1 NAT (repeatable).
+    #[arg(long = "announced-ip", global = true, value_name = "IP")]
+    pub announced_ips: Vec<IpAddr>,
+
+    /// TLS certificate chain (PEM); with --tls-key, signaling becomes wss://.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format: pretty (for people) or json (for log pipelines).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. info or info,media=debug (RUST_LOG wins when set).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// Print the effective configuration (defaults + file + environment + flags) as TOML.
+    Config,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not MIN-MAX"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("`{s}`: need 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
+}
+
+impl Cli {
+    /// Load the configuration and apply the flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(l) = self.listen {
+            cfg.server.listen = l;
+        }
+        if let Some(ip) = self.media_ip {
+            cfg.media.bind_ip = ip;
+        }
+        if let Some((a, b)) = self.media_ports {
+            cfg.media.port_min = a;
+            cfg.media.port_max = b;
+        }
+        if !self.announced_ips.is_empty() {
+            cfg.media.announced_ips = self.announced_ips.iter().map(|i| i.to_string()).collect();
+        }
+        if let Some(c) = &self.tls_cert {
+            cfg.server.tls_cert = Some(c.clone());
+        }
+        if let Some(k) = &self.tls_key {
+            cfg.server.tls_key = Some(k.clone());
+        }
+        if let Some(f) = self.log_format {
+            cfg.log.format = f;
+        }
+        if let Some(l) = &self.log_level {
+            cfg.log.level = l.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Install the global tracing subscriber.
+pub fn init_logging(cfg: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // webrtc-rs logs per-packet errors at error level while a connection is being torn
+        // down; keep those at warn so they do not drown the log.
+        .add_directive("webrtc=warn".parse().unwrap_or_default())
+        .add_directive("rtc=warn".parse().unwrap_or_default());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("commhub: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => match toml_string(&cfg) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("commhub: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => {
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("commhub: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("commhub: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn toml_string(cfg: &Config) -> Result<String, String> {
+    let v = serde_json::to_value(cfg).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    if let serde_json::Value::Object(sections) = v {
+        for (name, body) in sections {
+            out.push_str(&format!("[{name}]\n"));
+            if let serde_json::Value::Object(kv) = body {
+                for (k, v) in kv {
+                    if !v.is_null() {
+                        out.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let server = crate::server::start(cfg).await?;
+    eprintln!(
+        "commhub {} listening on {} (demo page: {}/)",
+        env!("CARGO_PKG_VERSION"),
+        server.ws_url(),
+        server.http_url()
+    );
+    shutdown_signal().await;
+    tracing::info!("signal received");
+    server.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,227 @@
+//! Binding, routing, TLS and graceful shutdown.
+//!
+//! [`app`] builds the router from an [`AppState`] (tests can drive it without a socket);
+//! [`start`] binds the configured address (port 0 works: see [`ServerHandle::addr`]), serves
+//! HTTP or HTTPS, and on [`ServerHandle::shutdown`] (or SIGTERM / Ctrl-C in `commhub serve`)
+//! tells every participant, closes their peer connections, and stops within
+//! `server.shutdown_grace_secs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use media::{PeerConfig, Sfu, SfuConfig};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub sfu: Sfu,
+    pub cfg: Arc<Config>,
+    /// Flips to true when shutdown begins.
+    pub shutdown: watch::Receiver<bool>,
+    pub ready: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(cfg: Config, shutdown: watch::Receiver<bool>) -> Self {
+        let sfu = Sfu::new(sfu_config(&cfg));
+        AppState {
+            sfu,
+            cfg: Arc::new(cfg),
+            shutdown,
+            ready: Arc::new(AtomicBool::new(true)),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Translate the server's config into the media crate's.
+pub fn sfu_config(cfg: &Config) -> SfuConfig {
+    let m = &cfg.media;
+    SfuConfig {
+        peer: PeerConfig {
+            bind_ip: m.bind_ip,
+            port_min: m.port_min,
+            port_max: m.port_max,
+            announced_ips: m.announced_ips.clone(),
+            ice_disconnected: Duration::from_secs(m.ice_disconnected_secs),
+            ice_failed: Duration::from_secs(m.media_timeout_secs),
+        },
+        max_participants_per_room: m.max_participants_per_room,
+        subscriber_queue: m.subscriber_queue,
+        tap_queue: m.tap_queue,
+        audio_level_interval: Duration::from_millis(m.audio_level_interval_ms),
+        media_timeout: Duration::from_secs(m.media_timeout_secs),
+        negotiation_timeout: Duration::from_secs(10),
+    }
+}
+
+/// The HTTP router.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.cfg.server.max_body_bytes;
+    Router::new()
+        .route("/", get(crate::web::index))
+        .route("/commhub.js", get(crate::web::client_js))
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/whip/{room}", post(crate::whip::whip_post))
+        .route(
+            "/whip/{room}/{participant}",
+            axum::routing::delete(crate::whip::whip_delete).patch(crate::whip::not_supported),
+        )
+        .route("/whep/{room}/{participant}", post(crate::whip::whep_post))
+        .route(
+            "/whep/{room}/{participant}/{subscriber}",
+            axum::routing::delete(crate::whip::whep_delete).patch(crate::whip::not_supported),
+        )
+        .route("/healthz", get(crate::metrics::healthz))
+        .route("/readyz", get(crate::metrics::readyz))
+        .route("/metrics", get(crate::metrics::metrics))
+        .fallback(crate::web::not_found)
+        // Bodies up to twice the limit reach the handlers, which answer 413 in JSON; beyond
+        // that the framework refuses the upload itself.
+        .layer(DefaultBodyLimit::max(body_limit.saturating_mul(2)))
+        .with_state(state)
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn http_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
+    }
+
+    /// Signaling URL, e.g. `ws://127.0.0.1:8080/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("{}://{}/ws", if self.tls { "wss" } else { "ws" }, self.addr)
+    }
+
+    /// Begin graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Shut down and wait until the server has stopped.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.task.await.context("server task")?
+    }
+
+    /// Wait for the server to stop (after a shutdown from elsewhere).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+}
+
+/// Bind and serve in the background.
+pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
+    let listener = std::net::TcpListener::bind(cfg.server.listen)
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState::new(cfg.clone(), shutdown_rx.clone());
+    let router = app(state.clone());
+    let handle = axum_server::Handle::new();
+    let tls = cfg.server.tls_cert.is_some();
+
+    let tls_config = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        _ => None,
+    };
+
+    let serve_handle = handle.clone();
+    let serve = async move {
+        let svc = router.into_make_service();
+        match tls_config {
+            Some(tc) => {
+                axum_server::from_tcp_rustls(listener, tc)?
+                    .handle(serve_handle)
+                    .serve(svc)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)?
+                    .handle(serve_handle)
+                    .serve(svc)
+                    .await
+            }
+        }
+    };
+
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let sfu = state.sfu.clone();
+    let ready = state.ready.clone();
+    let mut rx = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let server = tokio::spawn(serve);
+        // Wait for the shutdown request.
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        tracing::info!("shutting down: telling clients and closing peers");
+        ready.store(false, Ordering::Relaxed);
+        sfu.shutdown();
+        // Sessions send `bye` and leave; wait for the rooms to empty (bounded).
+        let deadline = Instant::now() + grace;
+        while sfu.participant_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        match tokio::time::timeout(grace + Duration::from_secs(2), server).await {
+            Ok(Ok(r)) => r.context("HTTP server")?,
+            Ok(Err(e)) => return Err(anyhow::anyhow!("HTTP server task: {e}")),
+            Err(_) => tracing::warn!("HTTP server did not stop within the grace period"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(
+        %addr,
+        tls,
+        media_ports = %format!("{}-{}", cfg.media.port_min, cfg.media.port_max),
+        "commhub listening"
+    );
+    Ok(ServerHandle {
+        addr,
+        tls,
+        state,
+        shutdown_tx,
+        task,
+    })
+}
