@@ -35,7 +35,9 @@
  *  - one event per server message type, named after it: `welcome`, `joined`,
  *    `participant_joined`, `participant_updated`, `participant_left`, `publish_answer`,
  *    `subscribe_offer`, `ice_candidate`, `audio_levels`, `active_speaker`, `left`, `pong`, `bye`,
- *    `error` (detail: `{type:'error', code, message, in_reply_to?}`);
+ *    `error` (detail: `{type:'error', code, message, in_reply_to?}`). A `left` that does not
+ *    answer our `leave` (e.g. reason `media_timeout`) means the server removed us from the room:
+ *    the client has already closed both peer connections and may `join()` again;
  *  - `track`: `{participantId, track, stream, trackInfo}` when a remote participant's audio
  *    arrives on the subscribe connection (`stream.id === participantId`);
  *  - `track_ended`: `{participantId}` when that participant's audio is no longer offered;
@@ -62,7 +64,7 @@ export const ROLES = Object.freeze(['agent', 'customer', 'pstn', 'supervisor', '
 /**
  * An error from the server (`code` is one of the protocol's error codes, e.g. `unauthorized`,
  * `out_of_order`, `bad_sdp`) or from the client itself (`timeout`, `closed`, `not_joined`,
- * `no_audio_track`, `not_connected`).
+ * `no_audio_track`, `not_connected`, `publish_failed`).
  */
 export class CommhubError extends Error {
   /**
@@ -264,9 +266,10 @@ export class CommhubClient extends EventTarget {
    * Publish the first audio track of `mediaStream` on the publish connection. Resolves once the
    * server's answer has been applied (media then flows as soon as ICE/DTLS connect).
    *
-   * Calling it again while the publish connection is up swaps the track in place
-   * (`RTCRtpSender.replaceTrack`, no renegotiation) and resolves with the previous answer; if the
-   * connection failed or was closed, a new one is negotiated with a fresh `publish` offer.
+   * Calling it again once the server has answered swaps the track in place
+   * (`RTCRtpSender.replaceTrack`, no renegotiation) and resolves with the previous answer. The
+   * server keeps one publish connection per participant for its whole time in the room, so when
+   * that connection has failed this rejects with `publish_failed`: `leave()` and `join()` again.
    * @param {MediaStream} mediaStream
    * @returns {Promise<object>} the `publish_answer` message
    */
@@ -276,7 +279,10 @@ export class CommhubClient extends EventTarget {
     if (!track) throw new CommhubError('no_audio_track', 'the stream has no audio track');
     if (this._publishing) throw new CommhubError('out_of_order', 'a publish is already in progress');
     const old = this.publishPc;
-    if (old && this._publishAnswered && !['failed', 'closed'].includes(old.connectionState)) {
+    if (old && this._publishAnswered) {
+      if (old.connectionState === 'failed' || old.connectionState === 'closed') {
+        throw new CommhubError('publish_failed', 'the publish connection has failed; leave and join again');
+      }
       const sender = old.getTransceivers()[0].sender;
       await sender.replaceTrack(track);
       this.localStream = mediaStream;
@@ -552,7 +558,13 @@ export class CommhubClient extends EventTarget {
         this.activeSpeaker = msg.participant_id ?? null;
         break;
       case 'left':
-        this._settle('leave', true, msg);
+        // Either the answer to our `leave`, or the server removed us from the room on its own
+        // (e.g. reason `media_timeout`); either way the room is gone, the socket stays.
+        if (!this._settle('leave', true, msg) && (this.state === 'joined' || this.state === 'joining')) {
+          this._teardownRoom();
+          this._rejectAll(new CommhubError('closed', `removed from the room (${msg.reason})`));
+          this.state = 'connected';
+        }
         break;
       case 'pong': {
         const sent = this._pingSent.get(msg.id);
