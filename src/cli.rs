@@ -127,7 +127,11 @@ pub fn init_logging(cfg: &Config) {
         // webrtc-rs logs per-packet errors at error level while a connection is being torn
         // down; keep those at warn so they do not drown the log.
         .add_directive("webrtc=warn".parse().unwrap_or_default())
-        .add_directive("rtc=warn".parse().unwrap_or_default());
+        .add_directive("rtc=warn".parse().unwrap_or_default())
+        // Noise from the ICE/DTLS stacks on every connection ("remote_addr is empty", "no
+        // candidate pairs yet") is not actionable.
+        .add_directive("rtc_ice=error".parse().unwrap_or_default())
+        .add_directive("rtc_dtls=error".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

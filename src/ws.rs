@@ -67,10 +67,17 @@ fn target_out(t: Target) -> PcTarget {
 }
 
 fn candidate_out(c: IceCandidateInit) -> IceCandidate {
+    // webrtc-rs leaves sdpMid empty; browsers reject an empty mid, and every m-line is
+    // bundled, so name the first m-line instead.
+    let sdp_mid = c.sdp_mid.filter(|m| !m.is_empty());
+    let sdp_mline_index = match (&sdp_mid, c.sdp_mline_index) {
+        (None, None) => Some(0),
+        (_, i) => i,
+    };
     IceCandidate {
         candidate: c.candidate,
-        sdp_mid: c.sdp_mid,
-        sdp_mline_index: c.sdp_mline_index,
+        sdp_mid,
+        sdp_mline_index,
         username_fragment: c.username_fragment,
     }
 }

@@ -203,6 +203,48 @@ impl PeerFactory {
     }
 }
 
+impl PeerFactory {
+    /// The address to announce instead of the bind address, if configured.
+    fn announced(&self) -> Option<&str> {
+        self.cfg.announced_ips.first().map(String::as_str)
+    }
+
+    /// Rewrite a local candidate for announcement (1:1 NAT): the bind IP becomes the
+    /// announced IP. Without announced IPs the candidate is unchanged.
+    pub fn announce_candidate(&self, mut c: RTCIceCandidateInit) -> RTCIceCandidateInit {
+        if let Some(ip) = self.announced() {
+            c.candidate = replace_candidate_ip(&c.candidate, &self.cfg.bind_ip.to_string(), ip);
+        }
+        c
+    }
+
+    /// Rewrite every `a=candidate` line of a local SDP for announcement.
+    pub fn announce_sdp(&self, sdp: String) -> String {
+        let Some(ip) = self.announced() else {
+            return sdp;
+        };
+        let bind = self.cfg.bind_ip.to_string();
+        let mut out = String::with_capacity(sdp.len());
+        for line in sdp.split_inclusive('\n') {
+            if line.starts_with("a=candidate:") {
+                out.push_str(&replace_candidate_ip(line, &bind, ip));
+            } else {
+                out.push_str(line);
+            }
+        }
+        out
+    }
+}
+
+/// Replace the connection address (5th field) of a candidate line when it equals `from`.
+fn replace_candidate_ip(line: &str, from: &str, to: &str) -> String {
+    let mut fields: Vec<&str> = line.split(' ').collect();
+    if fields.len() > 5 && fields[4] == from {
+        fields[4] = to;
+    }
+    fields.join(" ")
+}
+
 /// The RTP header extension id the remote side chose for `uri`, read from its SDP.
 pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
     sdp.lines().find_map(|l| {
@@ -238,6 +280,32 @@ mod tests {
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
         a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
         a=extmap:3/sendonly http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
+
+    #[test]
+    fn announced_ip_replaces_the_bind_ip_in_candidates_and_sdp() {
+        let f = PeerFactory::new(PeerConfig {
+            bind_ip: "10.0.0.5".parse().expect("ip"),
+            port_min: 40000,
+            port_max: 40001,
+            announced_ips: vec!["203.0.113.7".into()],
+            ice_disconnected: Duration::from_secs(1),
+            ice_failed: Duration::from_secs(2),
+        });
+        let c = f.announce_candidate(RTCIceCandidateInit {
+            candidate: "candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            c.candidate,
+            "candidate:1 1 udp 2130706431 203.0.113.7 40000 typ host"
+        );
+        let sdp = f.announce_sdp(
+            "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host\r\nc=IN IP4 10.0.0.5\r\n"
+                .into(),
+        );
+        assert!(sdp.contains("203.0.113.7 40000 typ host\r\n"));
+        assert!(!sdp.contains("10.0.0.5 40000"));
+    }
 
     #[test]
     fn finds_extmap_ids_and_opus() {

@@ -472,6 +472,7 @@ impl Sfu {
                 let (ev_tx, ev_rx) = mpsc::unbounded_channel();
                 tokio::spawn(watch_peer(
                     rest,
+                    self.inner.factory.clone(),
                     Target::Subscribe,
                     ev_tx,
                     connected,
@@ -494,7 +495,7 @@ impl Sfu {
                 return Err(e);
             }
         };
-        Ok((sub_id, answer))
+        Ok((sub_id, self.inner.factory.announce_sdp(answer)))
     }
 
     /// End a WHIP publisher or WHEP subscriber by its resource id. False when unknown.
@@ -640,8 +641,10 @@ async fn complete_local_sdp(
 /// Per-connection watcher: forwards local candidates, tracks connection state, starts the
 /// publisher read loop for incoming tracks, and reports a media timeout when the connection
 /// fails or does not (re)connect in time.
+#[allow(clippy::too_many_arguments)]
 async fn watch_peer(
     mut rx: mpsc::UnboundedReceiver<PeerEvent>,
+    factory: PeerFactory,
     target: Target,
     events: mpsc::UnboundedSender<ParticipantEvent>,
     connected: Arc<AtomicBool>,
@@ -660,7 +663,8 @@ async fn watch_peer(
             ev = rx.recv() => match ev {
                 None => break,
                 Some(PeerEvent::LocalCandidate(c)) => {
-                    let _ = events.send(ParticipantEvent::LocalCandidate { target, candidate: c });
+                    let candidate = c.map(|c| factory.announce_candidate(c));
+                    let _ = events.send(ParticipantEvent::LocalCandidate { target, candidate });
                 }
                 Some(PeerEvent::State(s)) => {
                     tracing::debug!(?target, state = %s, "peer connection state");
@@ -974,6 +978,7 @@ impl Participant {
             };
             tokio::spawn(watch_peer(
                 rx,
+                self.sfu.inner.factory.clone(),
                 Target::Publish,
                 self.events_tx.clone(),
                 Arc::new(AtomicBool::new(false)),
@@ -985,7 +990,7 @@ impl Participant {
         let notices = st.model.set_publishing(&self.id, true)?;
         self.room.dispatch(&st, notices);
         drop(st);
-        Ok(sdp)
+        Ok(self.sfu.inner.factory.announce_sdp(sdp))
     }
 
     /// Bring the subscribe connection up to date with the room's producers and create an
@@ -1005,6 +1010,7 @@ impl Participant {
             ));
             tokio::spawn(watch_peer(
                 prx,
+                self.sfu.inner.factory.clone(),
                 Target::Subscribe,
                 self.events_tx.clone(),
                 connected,
@@ -1092,7 +1098,7 @@ impl Participant {
                 track_id: format!("audio-{}", m.id),
             })
             .collect();
-        Ok((sdp, tracks))
+        Ok((self.sfu.inner.factory.announce_sdp(sdp), tracks))
     }
 
     /// Apply the client's answer to the latest subscribe offer; new tracks start flowing.

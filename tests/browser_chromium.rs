@@ -1,0 +1,97 @@
+//! Two headless Chromium instances (Debian's chromium, driven by playwright-core) open the demo
+//! page in one room, each with its own fake-microphone WAV; `getStats()` must show inbound Opus
+//! packets and a non-zero audio level on both sides. Screenshots are kept under
+//! `target/test-artifacts/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A mono 16-bit 48 kHz WAV of a sine tone.
+fn write_tone(path: &Path, hz: f64, seconds: f64) {
+    let rate = 48_000u32;
+    let n = (seconds * f64::from(rate)) as u32;
+    let mut data = Vec::with_capacity(44 + n as usize * 2);
+    data.extend_from_slice(b"RIFF");
+    data.extend_from_slice(&(36 + n * 2).to_le_bytes());
+    data.extend_from_slice(b"WAVEfmt ");
+    data.extend_from_slice(&16u32.to_le_bytes());
+    data.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    data.extend_from_slice(&1u16.to_le_bytes()); // mono
+    data.extend_from_slice(&rate.to_le_bytes());
+    data.extend_from_slice(&(rate * 2).to_le_bytes());
+    data.extend_from_slice(&2u16.to_le_bytes());
+    data.extend_from_slice(&16u16.to_le_bytes());
+    data.extend_from_slice(b"data");
+    data.extend_from_slice(&(n * 2).to_le_bytes());
+    for i in 0..n {
+        let t = f64::from(i) / f64::from(rate);
+        let s = (0.5 * (2.0 * std::f64::consts::PI * hz * t).sin() * 32767.0) as i16;
+        data.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, data).expect("write wav");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
+    let srv = common::server(|_| {}).await;
+    let out = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&out).expect("artifacts dir");
+    let (wa, wb) = (out.join("tone-440.wav"), out.join("tone-880.wav"));
+    write_tone(&wa, 440.0, 30.0);
+    write_tone(&wb, 880.0, 30.0);
+    let node = std::env::var("COMMHUB_TEST_NODE").unwrap_or_else(|_| "node".into());
+    assert!(
+        repo()
+            .join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "playwright-core is not installed: run scripts/setup-test-deps.sh"
+    );
+    let child = tokio::process::Command::new(node)
+        .arg("chromium_test.mjs")
+        .args(["--base", &srv.http_url(), "--room", "chromium-room"])
+        .arg("--wav-a")
+        .arg(&wa)
+        .arg("--wav-b")
+        .arg(&wb)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(repo().join("tests/browser"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let res = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("browser test finished in time")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let j: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    assert!(
+        res.status.success(),
+        "chromium test failed:\n{stdout}\n{stderr}"
+    );
+    for side in ["a", "b"] {
+        let p = &j["pages"][side];
+        eprintln!("page {side}: {p}");
+        assert!(p["packetsReceived"].as_u64().unwrap_or(0) > 50, "{p}");
+        assert!(p["audioLevel"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+        assert_eq!(p["codec"], "audio/opus");
+        assert_eq!(p["participants_seen"].as_array().map(Vec::len), Some(2));
+        assert!(Path::new(p["screenshot"].as_str().unwrap_or("")).exists());
+    }
+    srv.stop().await.expect("stop");
+}
