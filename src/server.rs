@@ -199,7 +199,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         sfu.shutdown();
         // Sessions send `bye` and leave; wait for the rooms to empty (bounded).
         let deadline = Instant::now() + grace;
-        while sfu.participant_count() > 0 && Instant::now() < deadline {
+        while sfu.live_sessions() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         handle.graceful_shutdown(Some(Duration::from_secs(1)));

@@ -165,7 +165,6 @@ impl PeerFactory {
             RTCRtpCodecParameters {
                 rtp_codec: opus_codec(),
                 payload_type: OPUS_PT,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )?;

@@ -117,6 +117,8 @@ struct SfuInner {
     stats: Arc<MediaStats>,
     closing: AtomicBool,
     next_id: AtomicU64,
+    /// Participant handles and WHEP sessions not yet fully closed (peer connections included).
+    live: AtomicU64,
     /// WHIP publishers and WHEP subscribers, by resource id: a sender that ends them.
     resources: Mutex<HashMap<String, oneshot::Sender<LeaveReason>>>,
 }
@@ -170,6 +172,7 @@ impl Sfu {
                 stats: Arc::new(MediaStats::default()),
                 closing: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                live: AtomicU64::new(0),
                 resources: Mutex::new(HashMap::new()),
             }),
         }
@@ -294,6 +297,7 @@ impl Sfu {
             r.dispatch(&st, notices);
             drop(st);
             MediaStats::gauge(&self.inner.stats.participants, 1);
+            self.inner.live.fetch_add(1, Ordering::Relaxed);
             tracing::info!(room = %room, participant = %id, kind = kind.as_str(), "joined");
             let p = Participant {
                 id: id.clone(),
@@ -467,6 +471,7 @@ impl Sfu {
                     r.publish_routes(&st);
                 }
                 MediaStats::gauge(&self.inner.stats.subscribers, 1);
+                self.inner.live.fetch_add(1, Ordering::Relaxed);
                 let (stop_tx, stop_rx) = oneshot::channel();
                 lock(&self.inner.resources).insert(sub_id.clone(), stop_tx);
                 let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -537,6 +542,12 @@ impl Sfu {
                 .is_ok(),
             None => false,
         }
+    }
+
+    /// Participants and WHEP sessions whose connections are not yet closed; shutdown waits for
+    /// this to reach zero.
+    pub fn live_sessions(&self) -> u64 {
+        self.inner.live.load(Ordering::Relaxed)
     }
 
     /// Participants across all rooms.
@@ -854,6 +865,7 @@ async fn whep_supervisor(
     }
     MediaStats::gauge(&sfu.inner.stats.subscribers, -1);
     peer.close().await;
+    sfu.inner.live.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(subscriber = %sub, "WHEP session ended");
 }
 
@@ -884,11 +896,19 @@ async fn level_ticker(room: Weak<Room>, every: Duration) {
     }
 }
 
+/// One consumed producer on a subscribe connection.
+struct Consumer {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    /// Whether the writer task knows it (only after the client's answer).
+    announced: bool,
+}
+
 struct SubscribeSide {
     peer: Peer,
     ctrl: mpsc::UnboundedSender<WriterCtrl>,
-    /// Producers with a track on this connection: (track, sender, ssrc, announced to writer).
-    tracks: HashMap<ParticipantId, (Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>, u32, bool)>,
+    tracks: HashMap<ParticipantId, Consumer>,
 }
 
 /// One participant in a room, owned by its driver (a signaling session or WHIP supervisor).
@@ -1050,10 +1070,10 @@ impl Participant {
                 let _ = sub.ctrl.send(WriterCtrl::Remove {
                     producer: g.clone(),
                 });
-                if let Some((_, sender, _, _)) = sub.tracks.remove(&g) {
+                if let Some(c) = sub.tracks.remove(&g) {
                     sub.peer
                         .pc
-                        .remove_track(&sender)
+                        .remove_track(&c.sender)
                         .await
                         .map_err(PeerError::from)?;
                 }
@@ -1070,8 +1090,15 @@ impl Participant {
                     .add_track(track.clone() as Arc<dyn TrackLocal>)
                     .await
                     .map_err(PeerError::from)?;
-                sub.tracks
-                    .insert(m.id.clone(), (track, sender, ssrc, false));
+                sub.tracks.insert(
+                    m.id.clone(),
+                    Consumer {
+                        track,
+                        sender,
+                        ssrc,
+                        announced: false,
+                    },
+                );
             }
             let offer = sub
                 .peer
@@ -1113,18 +1140,18 @@ impl Participant {
             .await
             .map_err(|_| PeerError::Timeout("subscribe answer"))?
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        for (producer, (track, sender, ssrc, announced)) in sub.tracks.iter_mut() {
-            if *announced {
+        for (producer, c) in sub.tracks.iter_mut() {
+            if c.announced {
                 continue;
             }
-            let pt = negotiated_pt(sender).await;
+            let pt = negotiated_pt(&c.sender).await;
             let _ = sub.ctrl.send(WriterCtrl::Add {
                 producer: producer.clone(),
-                track: track.clone(),
-                ssrc: *ssrc,
+                track: c.track.clone(),
+                ssrc: c.ssrc,
                 pt,
             });
-            *announced = true;
+            c.announced = true;
         }
         Ok(())
     }
@@ -1196,6 +1223,7 @@ impl Participant {
 
 impl Drop for Participant {
     fn drop(&mut self) {
+        self.sfu.inner.live.fetch_sub(1, Ordering::Relaxed);
         if self.left {
             return;
         }

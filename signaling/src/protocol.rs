@@ -405,13 +405,11 @@ fn validate(msg: &ClientMessage) -> Result<(), SignalError> {
         }
         ClientMessage::IceCandidate {
             candidate: Some(c), ..
-        } => {
-            if c.candidate.len() > 1024 {
-                return Err(SignalError::new(
-                    ErrorCode::InvalidField,
-                    "candidate is longer than 1024 bytes",
-                ));
-            }
+        } if c.candidate.len() > 1024 => {
+            return Err(SignalError::new(
+                ErrorCode::InvalidField,
+                "candidate is longer than 1024 bytes",
+            ));
         }
         _ => {}
     }

@@ -145,7 +145,6 @@ fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
         RTCRtpCodecParameters {
             rtp_codec: opus(),
             payload_type: 111,
-            ..Default::default()
         },
         RtpCodecKind::Audio,
     )?;
