@@ -65,6 +65,37 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (defaults + file + environment + flags) as TOML.
     Config,
+    /// Write a self-signed development certificate and key (PEM) for HTTPS/WSS, valid for
+    /// localhost and 127.0.0.1 plus any --name. Browsers will warn; never use it in production.
+    DevCert {
+        /// Directory to write dev-cert.pem and dev-key.pem into.
+        #[arg(long, default_value = "config")]
+        dir: PathBuf,
+        /// Extra DNS names or IPs the certificate is valid for (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+/// Write `dev-cert.pem` and `dev-key.pem` into `dir`; returns their paths.
+pub fn write_dev_cert(
+    dir: &std::path::Path,
+    extra: &[String],
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(extra.iter().cloned());
+    let ck = rcgen::generate_simple_self_signed(names)?;
+    std::fs::create_dir_all(dir)?;
+    let cert = dir.join("dev-cert.pem");
+    let key = dir.join("dev-key.pem");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((cert, key))
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -149,6 +180,22 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
+        Command::DevCert { dir, names } => match write_dev_cert(&dir, &names) {
+            Ok((c, k)) => {
+                println!(
+                    "wrote {} and {}\nserve with: commhub --tls-cert {} --tls-key {}",
+                    c.display(),
+                    k.display(),
+                    c.display(),
+                    k.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("commhub: dev-cert: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config => match toml_string(&cfg) {
             Ok(s) => {
                 print!("{s}");
