@@ -51,6 +51,8 @@ pub struct MediaConfig {
     pub ice_disconnected_secs: u64,
     /// Seconds a participant may stay disconnected (or not connect at all) before it is removed.
     pub media_timeout_secs: u64,
+    /// Run ICE-lite: the server only answers connectivity checks and clients always control.
+    pub ice_lite: bool,
     /// Participants per room.
     pub max_participants_per_room: usize,
     /// Packets queued per subscriber before drops (a slow subscriber never slows the others).
@@ -110,6 +112,7 @@ impl Default for MediaConfig {
             announced_ips: Vec::new(),
             ice_disconnected_secs: 5,
             media_timeout_secs: 15,
+            ice_lite: false,
             max_participants_per_room: 64,
             subscriber_queue: 512,
             tap_queue: 4096,

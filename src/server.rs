@@ -55,6 +55,7 @@ pub fn sfu_config(cfg: &Config) -> SfuConfig {
             announced_ips: m.announced_ips.clone(),
             ice_disconnected: Duration::from_secs(m.ice_disconnected_secs),
             ice_failed: Duration::from_secs(m.media_timeout_secs),
+            ice_lite: m.ice_lite,
         },
         max_participants_per_room: m.max_participants_per_room,
         subscriber_queue: m.subscriber_queue,

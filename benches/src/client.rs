@@ -26,7 +26,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent,
-    RTCSessionDescription, Registry, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 /// Timeout for one protocol step.
@@ -165,6 +165,13 @@ async fn new_pc() -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedRec
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
         .with_interceptor_registry(reg)
+        // Browsers pace ICE checks at about 50 ms; the webrtc-rs default of 200 ms would add
+        // client-side delay to every join measured here.
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
+                .build(),
+        )
         .with_handler(Arc::new(H { tx }))
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
         .build()

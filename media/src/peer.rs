@@ -37,6 +37,8 @@ pub struct PeerConfig {
     pub announced_ips: Vec<String>,
     pub ice_disconnected: Duration,
     pub ice_failed: Duration,
+    /// Run ICE-lite (the server only answers checks; clients always control).
+    pub ice_lite: bool,
 }
 
 /// What a peer connection reports.
@@ -183,7 +185,8 @@ impl PeerFactory {
                 Some(self.cfg.ice_failed),
                 Some(Duration::from_secs(2)),
             )
-            .with_include_loopback_candidate(self.cfg.bind_ip.is_loopback());
+            .with_include_loopback_candidate(self.cfg.bind_ip.is_loopback())
+            .with_lite(self.cfg.ice_lite);
         if !self.cfg.announced_ips.is_empty() {
             settings = settings
                 .with_nat_1to1_ips(self.cfg.announced_ips.clone(), RTCIceCandidateType::Host);
@@ -289,6 +292,7 @@ mod tests {
             announced_ips: vec!["203.0.113.7".into()],
             ice_disconnected: Duration::from_secs(1),
             ice_failed: Duration::from_secs(2),
+            ice_lite: false,
         });
         let c = f.announce_candidate(RTCIceCandidateInit {
             candidate: "candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host".into(),
