@@ -133,3 +133,77 @@ async fn three_clients_then_leave_then_late_joiner() {
     );
     srv.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taps_see_every_publisher_and_metrics_count_the_traffic() {
+    let srv = common::server(|c| c.media.tap_queue = 64).await;
+    let url = srv.ws_url();
+    let a = Client::join(&url, "tapped", "A", 1).await.expect("a");
+    let b = Client::join(&url, "tapped", "B", 2).await.expect("b");
+    let mut tap = srv.state.sfu.add_tap("tapped", "test").expect("tap");
+    // A second tap nobody reads: it fills up and drops, and forwarding does not notice.
+    let _stuck = srv.state.sfu.add_tap("tapped", "stuck").expect("tap");
+    assert!(eventually(Duration::from_secs(20), || a.count_from(&b.id) > 30).await);
+    let mut from = std::collections::HashMap::<String, usize>::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while from.len() < 2 || from.values().any(|n| *n < 50) {
+        let p = tokio::time::timeout_at(deadline, tap.rx.recv())
+            .await
+            .expect("tap packets in time")
+            .expect("tap open");
+        let (sender, _) = check_payload(&p.payload).expect("intact payload in the tap");
+        let expect = if p.participant.as_ref() == a.id { 1 } else { 2 };
+        assert_eq!(
+            sender, expect,
+            "tap packet attributed to the right participant"
+        );
+        *from.entry(p.participant.to_string()).or_default() += 1;
+    }
+    let before = a.count_from(&b.id);
+    assert!(
+        eventually(Duration::from_secs(3), || a.count_from(&b.id) > before + 50).await,
+        "forwarding goes on while a tap is full"
+    );
+    let stats = srv.state.sfu.stats().snapshot();
+    assert!(stats.tap_drops > 0, "the stuck tap's drops are counted");
+
+    let body = http_get(&format!("{}/metrics", srv.http_url())).await;
+    for name in [
+        "commhub_rooms 1",
+        "commhub_participants 2",
+        "commhub_rtp_packets_in_total",
+        "commhub_rtp_packets_out_total",
+        "commhub_tap_drops_total",
+    ] {
+        assert!(body.contains(name), "metrics lack {name}:\n{body}");
+    }
+    let out: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("commhub_rtp_packets_out_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("packets out value");
+    assert!(out > 100);
+    assert!(
+        http_get(&format!("{}/readyz", srv.http_url()))
+            .await
+            .contains("ready")
+    );
+    a.leave().await;
+    b.leave().await;
+    srv.stop().await.expect("stop");
+}
+
+async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    buf
+}
