@@ -28,6 +28,8 @@ pub struct MediaPacket {
     pub arrival: Instant,
     pub arrival_wall: SystemTime,
     pub payload: Bytes,
+    /// Server-generated audio (consent beeps): forwarded but never tapped.
+    pub system: bool,
 }
 
 /// What a subscriber's writer task receives.
@@ -85,7 +87,7 @@ pub fn fan_out(routes: &Routes, pkt: &Arc<MediaPacket>, stats: &MediaStats) -> F
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
-    for tap in &routes.taps {
+    for tap in routes.taps.iter().filter(|_| !pkt.system) {
         let accepted = tap.offer(TapPacket {
             participant: pkt.producer.clone(),
             ssrc: pkt.ssrc,
@@ -172,6 +174,7 @@ mod tests {
             arrival: Instant::now(),
             arrival_wall: SystemTime::now(),
             payload: Bytes::from(vec![seq as u8; 40]),
+            system: false,
         })
     }
 

@@ -41,6 +41,9 @@ pub mod ports;
 pub mod sfu;
 
 pub use peer::{PeerConfig, PeerError};
-pub use sfu::{Participant, ParticipantEvent, Sfu, SfuConfig, SfuError, SubscribedTrack, Target};
+pub use sfu::{
+    Participant, ParticipantEvent, RoomEvent, Sfu, SfuConfig, SfuError, SubscribedTrack,
+    SystemSource, Target,
+};
 /// ICE candidate as exchanged with clients (`RTCIceCandidateInit`).
 pub use webrtc::peer_connection::RTCIceCandidateInit as IceCandidateInit;

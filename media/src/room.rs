@@ -23,6 +23,9 @@ pub enum ParticipantKind {
     Signaling,
     /// WHIP publisher (publishes only).
     Whip,
+    /// The server's own audio source (consent beeps, announcements). It publishes to every
+    /// subscriber but does not keep a room open and is never recorded.
+    System,
 }
 
 impl ParticipantKind {
@@ -30,6 +33,7 @@ impl ParticipantKind {
         match self {
             ParticipantKind::Signaling => "signaling",
             ParticipantKind::Whip => "whip",
+            ParticipantKind::System => "system",
         }
     }
 }
@@ -117,8 +121,11 @@ impl RoomModel {
         self.members.len()
     }
 
+    /// True when nobody but the server's own system sources is left.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members
+            .values()
+            .all(|m| m.meta.kind == ParticipantKind::System)
     }
 
     /// Everyone, in order of arrival.
@@ -347,6 +354,26 @@ mod tests {
         );
         r.leave("b", LeaveReason::Left).expect("leave");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_system_source_is_consumed_by_all_but_keeps_no_room_open() {
+        let mut r = RoomModel::new("r", 10);
+        join(&mut r, "a", true);
+        r.join(
+            pid("sys"),
+            "System".into(),
+            "system".into(),
+            ParticipantKind::System,
+            false,
+        )
+        .expect("system joins");
+        let n = r.set_publishing("sys", true).expect("publishing");
+        assert!(to(&n, "a").contains(&Notice::TracksChanged));
+        assert_eq!(r.producers_for("a").len(), 1);
+        assert!(!r.is_empty());
+        r.leave("a", LeaveReason::Left).expect("leave");
+        assert!(r.is_empty(), "only the system source is left");
     }
 
     #[test]

@@ -121,6 +121,14 @@ struct SfuInner {
     live: AtomicU64,
     /// WHIP publishers and WHEP subscribers, by resource id: a sender that ends them.
     resources: Mutex<HashMap<String, oneshot::Sender<LeaveReason>>>,
+    room_events: tokio::sync::broadcast::Sender<RoomEvent>,
+}
+
+/// Rooms opening and closing, for consumers such as the recorder wiring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Opened(String),
+    Closed(String),
 }
 
 struct Room {
@@ -174,6 +182,7 @@ impl Sfu {
                 next_id: AtomicU64::new(1),
                 live: AtomicU64::new(0),
                 resources: Mutex::new(HashMap::new()),
+                room_events: tokio::sync::broadcast::channel(1024).0,
             }),
         }
     }
@@ -234,6 +243,10 @@ impl Sfu {
         rooms.insert(name.to_string(), room.clone());
         MediaStats::gauge(&self.inner.stats.rooms, 1);
         tracing::info!(room = %name, "room opened");
+        let _ = self
+            .inner
+            .room_events
+            .send(RoomEvent::Opened(name.to_string()));
         tokio::spawn(level_ticker(
             Arc::downgrade(&room),
             self.inner.cfg.audio_level_interval,
@@ -254,6 +267,10 @@ impl Sfu {
             rooms.remove(room.name.as_ref());
             MediaStats::gauge(&self.inner.stats.rooms, -1);
             tracing::info!(room = %room.name, "room closed");
+            let _ = self
+                .inner
+                .room_events
+                .send(RoomEvent::Closed(room.name.to_string()));
         }
     }
 
@@ -313,6 +330,57 @@ impl Sfu {
             };
             return Ok((p, others));
         }
+    }
+
+    /// Rooms opening and closing from now on.
+    pub fn room_events(&self) -> tokio::sync::broadcast::Receiver<RoomEvent> {
+        self.inner.room_events.subscribe()
+    }
+
+    /// Send an event to every participant of a room (e.g. recording started).
+    pub fn broadcast(&self, room: &str, ev: ParticipantEvent) {
+        if let Some(r) = lock(&self.inner.rooms).get(room).cloned() {
+            let st = lock(&r.state);
+            for tx in st.members.values() {
+                let _ = tx.send(ev.clone());
+            }
+        }
+    }
+
+    /// Add the server's own audio source to an open room: every subscriber gets a track for
+    /// it, and [`SystemSource::play`] sends Opus frames on it (consent beeps, announcements).
+    /// It is never tapped and does not keep the room open. Dropping it removes it.
+    pub fn add_system_source(&self, room: &str) -> Result<SystemSource, SfuError> {
+        let r = lock(&self.inner.rooms)
+            .get(room)
+            .cloned()
+            .ok_or_else(|| SfuError::NotFound(format!("no room `{room}`")))?;
+        let id: ParticipantId = Arc::from(new_id().as_str());
+        let mut st = lock(&r.state);
+        if st.closed {
+            return Err(SfuError::NotFound(format!("room `{room}` is closing")));
+        }
+        let (_, n1) = st.model.join(
+            id.clone(),
+            "Recording notice".into(),
+            "system".into(),
+            ParticipantKind::System,
+            false,
+        )?;
+        let n2 = st.model.set_publishing(&id, true)?;
+        r.dispatch(&st, n1);
+        r.dispatch(&st, n2);
+        drop(st);
+        Ok(SystemSource {
+            id,
+            room: r,
+            stats: self.inner.stats.clone(),
+            clock: Arc::new(Mutex::new(SystemClock {
+                ssrc: rand::random(),
+                seq: rand::random(),
+                started: Instant::now(),
+            })),
+        })
     }
 
     /// Tap a room's packets (the room must be open). The tap lives until its receiver is dropped
@@ -764,6 +832,7 @@ async fn read_loop(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
             arrival: now,
             arrival_wall: SystemTime::now(),
             payload: pkt.payload,
+            system: false,
         });
         let routes = room.routes.load();
         fan_out(&routes, &mp, &ctx.stats);
@@ -867,6 +936,73 @@ async fn whep_supervisor(
     peer.close().await;
     sfu.inner.live.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(subscriber = %sub, "WHEP session ended");
+}
+
+struct SystemClock {
+    ssrc: u32,
+    seq: u16,
+    started: Instant,
+}
+
+/// The server's own audio source in a room (see [`Sfu::add_system_source`]).
+pub struct SystemSource {
+    id: ParticipantId,
+    room: Arc<Room>,
+    stats: Arc<MediaStats>,
+    clock: Arc<Mutex<SystemClock>>,
+}
+
+impl SystemSource {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Play 20 ms Opus frames into the room, paced in real time. Returns when done (or when
+    /// the room is gone).
+    pub async fn play(&self, frames: Arc<Vec<bytes::Bytes>>) {
+        let room = Arc::downgrade(&self.room);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for (i, f) in frames.iter().enumerate() {
+            tick.tick().await;
+            let Some(room) = room.upgrade() else { return };
+            if lock(&room.state).closed {
+                return;
+            }
+            let now = Instant::now();
+            let (ssrc, seq, ts) = {
+                let mut c = lock(&self.clock);
+                c.seq = c.seq.wrapping_add(1);
+                // RTP time follows the wall clock since the source started, in 20 ms steps.
+                let frames_since = (now.duration_since(c.started).as_millis() / 20) as u32;
+                (c.ssrc, c.seq, frames_since.wrapping_mul(960))
+            };
+            let mp = Arc::new(MediaPacket {
+                producer: self.id.clone(),
+                ssrc,
+                payload_type: OPUS_PT,
+                sequence: seq,
+                timestamp: ts,
+                marker: i == 0,
+                audio_level: None,
+                arrival: now,
+                arrival_wall: SystemTime::now(),
+                payload: f.clone(),
+                system: true,
+            });
+            let routes = room.routes.load();
+            fan_out(&routes, &mp, &self.stats);
+        }
+    }
+}
+
+impl Drop for SystemSource {
+    fn drop(&mut self) {
+        let mut st = lock(&self.room.state);
+        if let Ok((_, notices)) = st.model.leave(&self.id, LeaveReason::Left) {
+            self.room.dispatch(&st, notices);
+        }
+    }
 }
 
 /// Periodic audio levels and active-speaker changes for one room.

@@ -33,6 +33,9 @@ pub enum Role {
     Supervisor,
     /// Anyone else; treated as the external side.
     Guest,
+    /// The server's own audio source (consent beeps, the recording announcement). Only the
+    /// server uses it; a client may not join with it.
+    System,
 }
 
 impl Role {
@@ -44,6 +47,7 @@ impl Role {
             Role::Pstn => "pstn",
             Role::Supervisor => "supervisor",
             Role::Guest => "guest",
+            Role::System => "system",
         }
     }
 }
@@ -367,9 +371,16 @@ fn validate(msg: &ClientMessage) -> Result<(), SignalError> {
             room,
             display_name,
             protocol,
+            role,
             ..
         } => {
             validate_room_name(room)?;
+            if *role == Role::System {
+                return Err(SignalError::new(
+                    ErrorCode::InvalidField,
+                    "role `system` is reserved for the server",
+                ));
+            }
             let dn = display_name.trim();
             if dn.is_empty() || dn.chars().count() > MAX_NAME_CHARS {
                 return Err(SignalError::new(
@@ -537,6 +548,10 @@ mod tests {
             ),
             (
                 r#"{"type":"join","room":"ok","display_name":"x","extra":1}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"type":"join","room":"ok","display_name":"x","role":"system"}"#,
                 ErrorCode::InvalidField,
             ),
             (r#"{"type":"publish","sdp":""}"#, ErrorCode::BadSdp),
