@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything commhub's tests need besides the Rust toolchain:
 #   - Debian packages (chromium for the browser test, sox/ffmpeg/gstreamer for media tools,
-#     cmake/pkg-config/libssl-dev for -sys crates),
+#     flac for the recorder's tests (flac -t, metaflac), cmake/pkg-config/libssl-dev for -sys
+#     crates),
 #   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
 #   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium).
 # Idempotent and quick when everything is already there. Used by .ci/run; developers can run
@@ -15,7 +16,7 @@ step() { printf '\n==> [setup-test-deps] %s\n' "$*"; }
 
 APT_PACKAGES=(
   cmake pkg-config libssl-dev
-  chromium sox ffmpeg
+  chromium sox ffmpeg flac
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
 )

@@ -65,6 +65,11 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (defaults + file + environment + flags) as TOML.
     Config,
+    /// Recording maintenance.
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsCmd,
+    },
     /// Write a self-signed development certificate and key (PEM) for HTTPS/WSS, valid for
     /// localhost and 127.0.0.1 plus any --name. Browsers will warn; never use it in production.
     DevCert {
@@ -75,6 +80,13 @@ pub enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordingsCmd {
+    /// Finalise recordings whose process died (kill -9, power loss) from their journals under
+    /// recording.storage_root. The server also does this at every start.
+    Recover,
 }
 
 /// Write `dev-cert.pem` and `dev-key.pem` into `dir`; returns their paths.
@@ -180,6 +192,41 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Recordings {
+            action: RecordingsCmd::Recover,
+        } => {
+            let rc = crate::server::recording_config(&cfg);
+            let journals = recorder::pending_journals(&rc.storage_root);
+            if journals.is_empty() {
+                println!(
+                    "no unfinished recordings under {}",
+                    rc.storage_root.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            let mut failed = 0;
+            for (i, j) in journals.iter().enumerate() {
+                eprint!("[{}/{}] {} ... ", i + 1, journals.len(), j.display());
+                match recorder::recover(j, &rc) {
+                    Ok(s) => println!(
+                        "recovered {} ({:.1} s): {} {}",
+                        s.meta.recording_id,
+                        s.duration.as_secs_f64(),
+                        s.flac_path.display(),
+                        s.mp3_path.display()
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAILED: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::DevCert { dir, names } => match write_dev_cert(&dir, &names) {
             Ok((c, k)) => {
                 println!(

@@ -15,7 +15,44 @@ pub struct Config {
     pub server: ServerConfig,
     pub media: MediaConfig,
     pub signaling: SignalingConfig,
+    pub recording: RecordingSection,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingSection {
+    /// Record every room unless a join (`record: false`) or a call says otherwise.
+    pub enabled: bool,
+    /// Root of `call-recordings/...` and the crash journals.
+    pub storage_root: PathBuf,
+    /// Milliseconds between consent beeps.
+    pub beep_interval_ms: u64,
+    /// Beep tone frequency (Hz).
+    pub beep_frequency_hz: f32,
+    /// Beep length (ms).
+    pub beep_duration_ms: u64,
+    /// Beep level (dBFS, negative).
+    pub beep_level_dbfs: f32,
+    /// Play (and record) "This call is recorded" when a recording starts.
+    pub announcement: bool,
+    /// MP3 preview bitrate (kbit/s).
+    pub mp3_bitrate_kbps: u32,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            enabled: true,
+            storage_root: PathBuf::from("data"),
+            beep_interval_ms: 15_000,
+            beep_frequency_hz: 1400.0,
+            beep_duration_ms: 200,
+            beep_level_dbfs: -12.0,
+            announcement: true,
+            mp3_bitrate_kbps: 40,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,7 +207,13 @@ impl Config {
                 }
             }
         }
-        fig = fig.merge(Env::prefixed("COMMHUB_").split("__"));
+        // Only COMMHUB_<SECTION>__<KEY>: other COMMHUB_* variables (e.g. the test suite's
+        // COMMHUB_TEST_PYTHON) are not configuration.
+        fig = fig.merge(
+            Env::prefixed("COMMHUB_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let cfg: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -221,6 +264,25 @@ impl Config {
         if self.media.audio_level_interval_ms < 20 {
             return bad("media.audio_level_interval_ms must be at least 20");
         }
+        let r = &self.recording;
+        if r.beep_interval_ms < 1000
+            || r.beep_duration_ms == 0
+            || r.beep_duration_ms >= r.beep_interval_ms
+        {
+            return bad(
+                "recording.beep_interval_ms must be >= 1000 and longer than beep_duration_ms (> 0)",
+            );
+        }
+        if !(20.0..=20_000.0).contains(&r.beep_frequency_hz)
+            || !(-60.0..=0.0).contains(&r.beep_level_dbfs)
+        {
+            return bad(
+                "recording.beep_frequency_hz must be 20..=20000 and beep_level_dbfs -60..=0",
+            );
+        }
+        if !(8..=320).contains(&r.mp3_bitrate_kbps) {
+            return bad("recording.mp3_bitrate_kbps must be 8..=320");
+        }
         if self.media.media_timeout_secs == 0 || self.media.ice_disconnected_secs == 0 {
             return bad("media.media_timeout_secs and media.ice_disconnected_secs must be >= 1");
         }
@@ -243,6 +305,26 @@ mod tests {
             Config::default(),
             "the shipped file documents the defaults"
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn environment_overrides_file_and_ignores_non_config_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1111\"\n")?;
+            jail.set_env("COMMHUB_SERVER__LISTEN", "127.0.0.1:2222");
+            jail.set_env("COMMHUB_MEDIA__ANNOUNCED_IPS", "[\"203.0.113.7\"]");
+            jail.set_env("COMMHUB_RECORDING__ENABLED", "false");
+            jail.set_env("COMMHUB_TEST_PYTHON", "/usr/bin/python3");
+            let cfg = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.listen.port(), 2222);
+            assert_eq!(cfg.media.announced_ips, vec!["203.0.113.7".to_string()]);
+            assert!(!cfg.recording.enabled);
+            jail.set_env("COMMHUB_MEDIA__PORT_MIN", "not-a-port");
+            let err = Config::load(Some(Path::new("c.toml"))).expect_err("bad env value");
+            assert!(err.to_string().to_lowercase().contains("port_min"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

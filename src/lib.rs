@@ -12,6 +12,8 @@
 //!   `media` participant.
 //! - `whip.rs`: WHIP publish and WHEP subscribe endpoints.
 //! - `metrics.rs`: Prometheus text exposition of the media counters.
+//! - `recording.rs`: rooms' taps -> `recorder` recordings, consent audio played into rooms,
+//!   recording events; `recording_api.rs`: the per-room recording switch over HTTP.
 //! - `web.rs`: the demo page and `commhub.js`, embedded in the binary.
 //! - `error.rs`: [`error::AppError`], the one HTTP error type (`{error: {code, message}}`).
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.
@@ -20,6 +22,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod recording;
+pub mod recording_api;
 pub mod redact;
 pub mod server;
 pub mod web;

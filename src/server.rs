@@ -29,13 +29,20 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
+    pub recorders: crate::recording::Recorders,
 }
 
 impl AppState {
     pub fn new(cfg: Config, shutdown: watch::Receiver<bool>) -> Self {
         let sfu = Sfu::new(sfu_config(&cfg));
+        let recorders = crate::recording::Recorders::new(
+            sfu.clone(),
+            recording_config(&cfg),
+            cfg.recording.enabled,
+        );
         AppState {
             sfu,
+            recorders,
             cfg: Arc::new(cfg),
             shutdown,
             ready: Arc::new(AtomicBool::new(true)),
@@ -66,6 +73,23 @@ pub fn sfu_config(cfg: &Config) -> SfuConfig {
     }
 }
 
+/// Translate the server's config into the recorder's.
+pub fn recording_config(cfg: &Config) -> recorder::RecordingConfig {
+    let r = &cfg.recording;
+    recorder::RecordingConfig {
+        storage_root: r.storage_root.clone(),
+        beep: recorder::BeepConfig {
+            interval: Duration::from_millis(r.beep_interval_ms),
+            frequency_hz: r.beep_frequency_hz,
+            duration: Duration::from_millis(r.beep_duration_ms),
+            level_dbfs: r.beep_level_dbfs,
+        },
+        announcement: r.announcement.then(recorder::load_announcement),
+        mp3_bitrate_kbps: r.mp3_bitrate_kbps,
+        ..Default::default()
+    }
+}
+
 /// The HTTP router.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.cfg.server.max_body_bytes;
@@ -82,6 +106,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/whep/{room}/{participant}/{subscriber}",
             axum::routing::delete(crate::whip::whep_delete).patch(crate::whip::not_supported),
+        )
+        .route(
+            "/api/v1/rooms/{room}/recording",
+            post(crate::recording_api::set_recording).get(crate::recording_api::get_recording),
         )
         .route("/healthz", get(crate::metrics::healthz))
         .route("/readyz", get(crate::metrics::readyz))
@@ -184,6 +212,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     };
 
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let recorders_task = state.recorders.spawn(shutdown_rx.clone());
     let sfu = state.sfu.clone();
     let ready = state.ready.clone();
     let mut rx = shutdown_rx;
@@ -202,6 +231,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         let deadline = Instant::now() + grace;
         while sfu.live_sessions() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Every recording is finalised (files complete, sidecar written) before exit.
+        if tokio::time::timeout(Duration::from_secs(30), recorders_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("recordings were not finalised within 30 s");
         }
         handle.graceful_shutdown(Some(Duration::from_secs(1)));
         match tokio::time::timeout(grace + Duration::from_secs(2), server).await {

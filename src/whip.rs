@@ -91,10 +91,14 @@ pub async fn whip_post(
 ) -> Result<Response, AppError> {
     room_ok(&room)?;
     let offer = sdp_body(&state, &headers, &body)?;
-    let role: Role = match q.role.as_deref() {
-        None => Role::Customer,
-        Some(r) => serde_json::from_value(serde_json::Value::String(r.to_string()))
-            .map_err(|_| AppError::BadRequest(format!("unknown role `{r}`")))?,
+    let role: Option<Role> = match q.role.as_deref() {
+        None => None,
+        Some(r) => Some(
+            serde_json::from_value(serde_json::Value::String(r.to_string()))
+                .ok()
+                .filter(|r| *r != Role::System)
+                .ok_or_else(|| AppError::BadRequest(format!("unknown role `{r}`")))?,
+        ),
     };
     let name = q
         .name
@@ -103,7 +107,12 @@ pub async fn whip_post(
         .unwrap_or_else(|| "WHIP".to_string());
     let (id, answer) = state
         .sfu
-        .whip_publish(&room, name, role.as_str().to_string(), offer)
+        .whip_publish(
+            &room,
+            name,
+            role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            offer,
+        )
         .await
         .map_err(map_sfu)?;
     Ok(created(format!("/whip/{room}/{id}"), answer))

@@ -182,11 +182,15 @@ impl Conn {
                 display_name,
                 role,
                 token: _,
+                record,
             } => {
+                if let Some(r) = record {
+                    self.state.recorders.prefer(&room, r);
+                }
                 let joined = self.state.sfu.join(
                     &room,
                     display_name,
-                    role.as_str().to_string(),
+                    role.map(|r| r.as_str().to_string()).unwrap_or_default(),
                     ParticipantKind::Signaling,
                 );
                 match joined {
@@ -261,6 +265,17 @@ impl Conn {
                     self.error(&err);
                 }
             }
+            Action::SetRecording { enabled } => {
+                let Some(room) = self.session.joined().map(|(r, _)| r.to_string()) else {
+                    return;
+                };
+                if let Err(e) = self.state.recorders.set(&room, enabled).await {
+                    self.error(
+                        &SignalError::new(ErrorCode::Internal, format!("recording: {e}"))
+                            .reply_to("set_recording"),
+                    );
+                }
+            }
             Action::Leave => {
                 self.leave(MediaLeave::Left).await;
                 self.send(&ServerMessage::Left {
@@ -326,6 +341,9 @@ impl Conn {
                 self.send(&ServerMessage::Left {
                     reason: LeaveReason::MediaTimeout,
                 });
+            }
+            ParticipantEvent::Message(text) => {
+                let _ = self.out.send(Message::Text(text.to_string().into()));
             }
             ParticipantEvent::Removed(reason) => {
                 self.leave(reason).await;

@@ -41,7 +41,9 @@ fn write_tone(path: &Path, hz: f64, seconds: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
-    let srv = common::server(|_| {}).await;
+    // With the shipped default: the room is recorded, so a `system` participant (the consent
+    // announcement and beeps) is in the room too.
+    let srv = common::server(|c| c.recording.enabled = true).await;
     let out = repo().join("target/test-artifacts");
     std::fs::create_dir_all(&out).expect("artifacts dir");
     let (wa, wb) = (out.join("tone-440.wav"), out.join("tone-880.wav"));
@@ -90,7 +92,9 @@ async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
         assert!(p["packetsReceived"].as_u64().unwrap_or(0) > 50, "{p}");
         assert!(p["audioLevel"].as_f64().unwrap_or(0.0) > 0.0, "{p}");
         assert_eq!(p["codec"], "audio/opus");
-        assert_eq!(p["participants_seen"].as_array().map(Vec::len), Some(2));
+        let seen = p["participants_seen"].as_array().expect("participants");
+        assert_eq!(seen.len(), 3, "A, B and the system source: {p}");
+        assert!(seen.iter().any(|x| x["role"] == "system"), "{p}");
         assert!(Path::new(p["screenshot"].as_str().unwrap_or("")).exists());
     }
     srv.stop().await.expect("stop");

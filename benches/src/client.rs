@@ -109,7 +109,7 @@ impl Ws {
     }
 }
 
-fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
+pub(crate) fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
     let mut me = MediaEngine::default();
     me.register_codec(
         RTCRtpCodecParameters {
@@ -122,7 +122,7 @@ fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
     Ok((me, reg))
 }
 
-fn opus() -> RTCRtpCodec {
+pub(crate) fn opus() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
@@ -132,7 +132,7 @@ fn opus() -> RTCRtpCodec {
     }
 }
 
-enum PcEvent {
+pub(crate) enum PcEvent {
     Candidate(Option<RTCIceCandidateInit>),
     Track(Arc<dyn TrackRemote>),
 }
@@ -158,7 +158,8 @@ impl PeerConnectionEventHandler for H {
     }
 }
 
-async fn new_pc() -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<PcEvent>)> {
+pub(crate) async fn new_pc()
+-> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<PcEvent>)> {
     let (me, reg) = media_engine()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let pc = PeerConnectionBuilder::new()
@@ -170,6 +171,10 @@ async fn new_pc() -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedRec
         .with_setting_engine(
             SettingEngineBuilder::new()
                 .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
+                // No multicast socket per connection: candidates are plain loopback addresses,
+                // and a network namespace with only `lo` (see benches/compare.sh) has no
+                // multicast route.
+                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
                 .build(),
         )
         .with_handler(Arc::new(H { tx }))
@@ -200,6 +205,20 @@ pub fn check_payload(p: &[u8]) -> Option<(u8, u32)> {
     (payload(sender, n).as_ref() == p).then_some((sender, n))
 }
 
+/// Payload of packet `n` of a publisher; called right before the packet is written.
+pub type PayloadFn = Arc<dyn Fn(u32) -> Bytes + Send + Sync>;
+/// Called with every RTP packet a subscriber receives.
+pub type RtpFn = Arc<dyn Fn(&rtp::Packet) + Send + Sync>;
+
+/// What a participant sends and where what it receives goes. The default sends [`payload`]
+/// and stores every packet in [`Client::received`]; the load generator sends stamped Opus and
+/// only counts.
+#[derive(Clone, Default)]
+pub struct MediaHooks {
+    pub payload: Option<PayloadFn>,
+    pub on_rtp: Option<RtpFn>,
+}
+
 /// One received packet.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -227,6 +246,17 @@ pub struct Client {
 impl Client {
     /// Join `room`, publish a synthetic Opus stream (50 packets/s) and subscribe to everyone.
     pub async fn join(ws_url: &str, room: &str, name: &str, index: u8) -> anyhow::Result<Client> {
+        Client::join_with(ws_url, room, name, index, MediaHooks::default()).await
+    }
+
+    /// [`Client::join`] with other media: see [`MediaHooks`].
+    pub async fn join_with(
+        ws_url: &str,
+        room: &str,
+        name: &str,
+        index: u8,
+        hooks: MediaHooks,
+    ) -> anyhow::Result<Client> {
         let mut ws = Ws::connect(ws_url).await?;
         ws.send(json!({"type":"join","room":room,"display_name":name,"role":"customer"}))
             .await?;
@@ -298,6 +328,7 @@ impl Client {
             publish_pc.clone(),
             received.clone(),
             messages.clone(),
+            hooks.on_rtp.clone(),
         ));
         let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let sender = {
@@ -317,7 +348,10 @@ impl Client {
                             ssrc,
                             ..Default::default()
                         },
-                        payload: payload(index, n),
+                        payload: match &hooks.payload {
+                            Some(f) => f(n),
+                            None => payload(index, n),
+                        },
                     };
                     if track.write_rtp(pkt).await.is_ok() {
                         sent.store(n + 1, std::sync::atomic::Ordering::Relaxed);
@@ -392,6 +426,7 @@ impl Client {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut ws: Ws,
     backlog: Vec<Value>,
@@ -400,6 +435,7 @@ async fn drive(
     publish_pc: Arc<dyn PeerConnection>,
     received: Arc<Mutex<HashMap<String, Vec<Received>>>>,
     messages: Arc<Mutex<Vec<Value>>>,
+    on_rtp: Option<RtpFn>,
 ) {
     let mut sub_pc: Option<Arc<dyn PeerConnection>> = None;
     for v in backlog {
@@ -411,6 +447,7 @@ async fn drive(
             &publish_pc,
             &received,
             &messages,
+            &on_rtp,
         )
         .await;
     }
@@ -433,7 +470,7 @@ async fn drive(
                     Some(Ok(_)) => continue,
                     _ => break,
                 };
-                if !handle(v, &mut ws, &mut sub_pc, &cmd_tx, &publish_pc, &received, &messages).await {
+                if !handle(v, &mut ws, &mut sub_pc, &cmd_tx, &publish_pc, &received, &messages, &on_rtp).await {
                     break;
                 }
             }
@@ -453,8 +490,16 @@ async fn handle(
     publish_pc: &Arc<dyn PeerConnection>,
     received: &Arc<Mutex<HashMap<String, Vec<Received>>>>,
     messages: &Arc<Mutex<Vec<Value>>>,
+    on_rtp: &Option<RtpFn>,
 ) -> bool {
-    messages.lock().expect("lock").push(v.clone());
+    // A load run keeps no level events: they would pile up for its whole duration.
+    let level_event = matches!(
+        v["type"].as_str(),
+        Some("audio_levels") | Some("active_speaker")
+    );
+    if on_rtp.is_none() || !level_event {
+        messages.lock().expect("lock").push(v.clone());
+    }
     match v["type"].as_str() {
         Some("subscribe_offer") => {
             if sub_pc.is_none() {
@@ -462,6 +507,7 @@ async fn handle(
                     Ok((pc, mut rx)) => {
                         let cmd = cmd_tx.clone();
                         let received = received.clone();
+                        let on_rtp = on_rtp.clone();
                         tokio::spawn(async move {
                             while let Some(ev) = rx.recv().await {
                                 match ev {
@@ -469,7 +515,7 @@ async fn handle(
                                         let _ = cmd.send(json!({"type":"ice_candidate","target":"subscribe","candidate":c}));
                                     }
                                     PcEvent::Track(t) => {
-                                        tokio::spawn(record(t, received.clone()));
+                                        tokio::spawn(record(t, received.clone(), on_rtp.clone()));
                                     }
                                 }
                             }
@@ -525,11 +571,19 @@ async fn handle(
     true
 }
 
-async fn record(track: Arc<dyn TrackRemote>, received: Arc<Mutex<HashMap<String, Vec<Received>>>>) {
+async fn record(
+    track: Arc<dyn TrackRemote>,
+    received: Arc<Mutex<HashMap<String, Vec<Received>>>>,
+    on_rtp: Option<RtpFn>,
+) {
     let stream = track.stream_id().await.to_string();
     while let Some(ev) = track.poll().await {
         match ev {
             TrackRemoteEvent::OnRtpPacket(p) => {
+                if let Some(f) = &on_rtp {
+                    f(&p);
+                    continue;
+                }
                 received
                     .lock()
                     .expect("lock")

@@ -1,10 +1,24 @@
 //! # commhub-benches
 //!
-//! Load generation and measurement for commhub.
+//! Load generation and measurement for commhub, and the same load against Janus.
 //!
 //! ## Layout
-//! - `client.rs`: a webrtc-rs client of the `/ws` protocol (also used by the integration tests).
-//! - `bin/load.rs`: the load generator: rooms x participants against a running server, with
-//!   join time, delivery and server CPU/RSS read from /proc.
+//! - `client.rs`: a webrtc-rs client of commhub's `/ws` protocol (also used by the integration
+//!   tests), with [`client::MediaHooks`] to choose what it sends and where received packets go.
+//! - `janus.rs`: the same participant against a Janus VideoRoom (Janus WebSocket API).
+//! - `stamp.rs`: the media: a tone encoded once with libopus, replayed, each packet stamped
+//!   (sender, sequence, send time) in its Opus padding, so it stays valid Opus.
+//! - `measure.rs`: latency histogram, send/receive counters, per-stream loss accounting.
+//! - `procstat.rs`: CPU time and RSS of a process from /proc.
+//! - `plot.rs`: the PNG of throughput, CPU and latency against load.
+//! - `bin/load.rs`: the load generator (`--target commhub|janus`, ramp, duration, capacity
+//!   search, smoke mode, JSON and PNG output). `benches/*.rs`: criterion micro-benchmarks.
+//!   `compare.sh`, `janus.sh`, `smoke.sh`: the scripts around it; `BENCHMARKS.md` at the
+//!   repository root has the method and the figures.
 
 pub mod client;
+pub mod janus;
+pub mod measure;
+pub mod plot;
+pub mod procstat;
+pub mod stamp;

@@ -77,6 +77,9 @@ pub enum ParticipantEvent {
     MediaTimeout(Target),
     /// The server removes the participant (shutdown, kick).
     Removed(LeaveReason),
+    /// A message from another part of the server to relay as is (already serialised), e.g.
+    /// recording started/stopped.
+    Message(Arc<str>),
 }
 
 /// Errors of SFU operations; each maps to one client-facing error.
@@ -133,6 +136,8 @@ pub enum RoomEvent {
 
 struct Room {
     name: Arc<str>,
+    /// Subscribe connections that are up (they hear what is forwarded now).
+    listeners: Arc<std::sync::atomic::AtomicUsize>,
     state: Mutex<RoomState>,
     routes: ArcSwap<Routes>,
     levels: Mutex<SpeakerDetector<ParticipantId>>,
@@ -201,12 +206,21 @@ impl Sfu {
         (p.leased(), p.capacity())
     }
 
-    /// Names of open rooms with their participant counts.
+    /// Names of open rooms with their participant counts (the server's own system sources are
+    /// not counted).
     pub fn rooms(&self) -> Vec<(String, usize)> {
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
         let mut v: Vec<_> = rooms
             .iter()
-            .map(|r| (r.name.to_string(), lock(&r.state).model.len()))
+            .map(|r| {
+                let n = lock(&r.state)
+                    .model
+                    .participants()
+                    .iter()
+                    .filter(|m| m.kind != ParticipantKind::System)
+                    .count();
+                (r.name.to_string(), n)
+            })
             .collect();
         v.sort();
         v
@@ -230,6 +244,7 @@ impl Sfu {
         }
         let room = Arc::new(Room {
             name: Arc::from(name),
+            listeners: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             state: Mutex::new(RoomState {
                 model: RoomModel::new(name, self.inner.cfg.max_participants_per_room),
                 members: HashMap::new(),
@@ -551,6 +566,7 @@ impl Sfu {
                     connected,
                     self.inner.cfg.media_timeout,
                     None,
+                    Some(r.listeners.clone()),
                 ));
                 tokio::spawn(whep_supervisor(
                     self.clone(),
@@ -729,8 +745,22 @@ async fn watch_peer(
     connected: Arc<AtomicBool>,
     media_timeout: Duration,
     publisher: Option<PublisherCtx>,
+    listeners: Option<Arc<std::sync::atomic::AtomicUsize>>,
 ) {
     let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
+    let mut counted = false;
+    let mut count = |up: bool| {
+        if let Some(l) = &listeners
+            && up != counted
+        {
+            if up {
+                l.fetch_add(1, Ordering::Relaxed);
+            } else {
+                l.fetch_sub(1, Ordering::Relaxed);
+            }
+            counted = up;
+        }
+    };
     loop {
         let sleep = async {
             match deadline {
@@ -750,19 +780,23 @@ async fn watch_peer(
                     match s {
                         RTCPeerConnectionState::Connected => {
                             connected.store(true, Ordering::Relaxed);
+                            count(true);
                             deadline = None;
                         }
                         RTCPeerConnectionState::Disconnected => {
                             connected.store(false, Ordering::Relaxed);
+                            count(false);
                             deadline.get_or_insert(tokio::time::Instant::now() + media_timeout);
                         }
                         RTCPeerConnectionState::Failed => {
                             connected.store(false, Ordering::Relaxed);
+                            count(false);
                             deadline = None;
                             let _ = events.send(ParticipantEvent::MediaTimeout(target));
                         }
                         RTCPeerConnectionState::Closed => {
                             connected.store(false, Ordering::Relaxed);
+                            count(false);
                             break;
                         }
                         _ => {}
@@ -780,6 +814,7 @@ async fn watch_peer(
             }
         }
     }
+    count(false);
 }
 
 #[derive(Clone)]
@@ -955,6 +990,21 @@ pub struct SystemSource {
 impl SystemSource {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Wait until at least one subscribe connection in the room is up (someone would hear
+    /// what is played), at most `timeout`. Returns whether someone is listening.
+    pub async fn wait_for_listener(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.room.listeners.load(Ordering::Relaxed) > 0 {
+                return true;
+            }
+            if Instant::now() >= deadline || lock(&self.room.state).closed {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Play 20 ms Opus frames into the room, paced in real time. Returns when done (or when
@@ -1140,6 +1190,7 @@ impl Participant {
                 Arc::new(AtomicBool::new(false)),
                 self.sfu.inner.cfg.media_timeout,
                 Some(ctx),
+                None,
             ));
         }
         let mut st = lock(&self.room.state);
@@ -1172,6 +1223,7 @@ impl Participant {
                 connected,
                 self.sfu.inner.cfg.media_timeout,
                 None,
+                Some(self.room.listeners.clone()),
             ));
             {
                 let mut st = lock(&self.room.state);

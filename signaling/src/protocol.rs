@@ -111,15 +111,22 @@ pub enum ClientMessage {
     Join {
         room: String,
         display_name: String,
-        #[serde(default)]
-        role: Role,
+        /// What the participant is; absent means unknown (the recorder then puts the first
+        /// joiner on the left channel and everyone else on the right).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
         /// Join token (required when the server has auth on).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
         /// Protocol version the client speaks; defaults to the current one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         protocol: Option<u32>,
+        /// Record this room (only when this join creates it); default: server config.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<bool>,
     },
+    /// Start or stop recording the room mid-call.
+    SetRecording { enabled: bool },
     /// Offer for the publish connection (client -> server media).
     Publish { sdp: String },
     /// Answer to the server's latest `subscribe_offer`.
@@ -149,6 +156,7 @@ impl ClientMessage {
             ClientMessage::IceCandidate { .. } => "ice_candidate",
             ClientMessage::Leave => "leave",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::SetRecording { .. } => "set_recording",
         }
     }
 }
@@ -161,6 +169,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "ice_candidate",
     "leave",
     "ping",
+    "set_recording",
 ];
 
 /// Messages the server sends.
@@ -227,6 +236,15 @@ pub enum ServerMessage {
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+    },
+    /// The room's recording started: everyone in the room hears a notice and periodic beeps.
+    RecordingStarted {
+        recording_id: String,
+    },
+    /// The room's recording stopped (`requested`, `room_closed`, `failed`, `shutdown`).
+    RecordingStopped {
+        recording_id: String,
+        reason: String,
     },
     /// The server is closing this session (shutdown, kicked, ...).
     Bye {
@@ -375,7 +393,7 @@ fn validate(msg: &ClientMessage) -> Result<(), SignalError> {
             ..
         } => {
             validate_room_name(room)?;
-            if *role == Role::System {
+            if *role == Some(Role::System) {
                 return Err(SignalError::new(
                     ErrorCode::InvalidField,
                     "role `system` is reserved for the server",
@@ -456,9 +474,10 @@ mod tests {
             ClientMessage::Join {
                 room: "r1".into(),
                 display_name: "Ann".into(),
-                role: Role::Customer,
+                role: None,
                 token: None,
-                protocol: None
+                protocol: None,
+                record: None,
             }
         );
     }
@@ -469,10 +488,12 @@ mod tests {
             ClientMessage::Join {
                 room: "a".into(),
                 display_name: "b".into(),
-                role: Role::Agent,
+                role: Some(Role::Agent),
                 token: Some("t".into()),
                 protocol: Some(1),
+                record: Some(false),
             },
+            ClientMessage::SetRecording { enabled: true },
             ClientMessage::Publish {
                 sdp: "v=0\r\n".into(),
             },

@@ -27,8 +27,12 @@ pub enum Action {
     Join {
         room: String,
         display_name: String,
-        role: Role,
+        role: Option<Role>,
         token: Option<String>,
+        record: Option<bool>,
+    },
+    SetRecording {
+        enabled: bool,
     },
     /// Apply the publish offer and reply with `publish_answer`.
     Publish {
@@ -167,6 +171,7 @@ impl Session {
                 display_name,
                 role,
                 token,
+                record,
                 ..
             } => {
                 if self.state != SessionState::Idle {
@@ -181,6 +186,7 @@ impl Session {
                     display_name: display_name.trim().to_string(),
                     role,
                     token,
+                    record,
                 })
             }
             _ if !joined => Err(SignalError::new(ErrorCode::OutOfOrder, "join a room first")),
@@ -218,6 +224,7 @@ impl Session {
                 Ok(Action::AddIceCandidate { target, candidate })
             }
             ClientMessage::Leave => Ok(Action::Leave),
+            ClientMessage::SetRecording { enabled } => Ok(Action::SetRecording { enabled }),
         }
     }
 
@@ -256,9 +263,10 @@ mod tests {
         s.on_message(ClientMessage::Join {
             room: "r".into(),
             display_name: " Ann ".into(),
-            role: Role::Agent,
+            role: Some(Role::Agent),
             token: None,
             protocol: None,
+            record: None,
         })
     }
 

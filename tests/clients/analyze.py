@@ -151,8 +151,25 @@ def dominant_hz(samples: np.ndarray, rate: int, skip: float = 0.5) -> float | No
     return round(float((k + offset) * rate / x.size), 1)
 
 
+def band_ratio(seg: np.ndarray, rate: int, hz: float, width: float = 30.0) -> float:
+    """Share of the segment's energy within +-width Hz of `hz` (0..1)."""
+    if seg.size < 16:
+        return 0.0
+    spec = np.abs(np.fft.rfft(seg * np.hanning(seg.size))) ** 2
+    freqs = np.fft.rfftfreq(seg.size, 1.0 / rate)
+    total = float(spec.sum())
+    if total <= 0.0:
+        return 0.0
+    band = (freqs >= hz - width) & (freqs <= hz + width)
+    return float(spec[band].sum()) / total
+
+
+PROBES: list[float] = []
+
+
 def windows(samples: np.ndarray, rate: int, window: float = 1.0, skip: float = 0.0) -> list[dict]:
-    """Dominant frequency and RMS per consecutive window of `window` seconds."""
+    """Dominant frequency and RMS per consecutive window of `window` seconds (plus, for each
+    --probe frequency, the share of energy near it)."""
     x = to_mono(samples)
     n = max(1, int(round(window * rate)))
     out = []
@@ -160,13 +177,14 @@ def windows(samples: np.ndarray, rate: int, window: float = 1.0, skip: float = 0
         seg = x[i : i + n]
         if seg.size < n // 2 and out:
             break  # drop a short tail
-        out.append(
-            {
-                "start": round(i / rate, 3),
-                "dominant_hz": dominant_hz(seg, rate, skip=0.0),
-                "rms": round(rms(seg), 5),
-            }
-        )
+        w = {
+            "start": round(i / rate, 3),
+            "dominant_hz": dominant_hz(seg, rate, skip=0.0),
+            "rms": round(rms(seg), 5),
+        }
+        for hz in PROBES:
+            w[f"ratio_{int(hz)}"] = round(band_ratio(seg, rate, hz), 4)
+        out.append(w)
     return out
 
 
@@ -206,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("file", help="WAV file (PCM)")
     ap.add_argument("--skip", type=float, default=0.5, help="seconds to ignore at the start (default 0.5)")
     ap.add_argument("--window", type=float, default=1.0, help="window length in seconds (default 1.0)")
+    ap.add_argument("--probe", type=float, action="append", default=[],
+                    help="also report each window's energy share near this frequency (repeatable)")
     args = ap.parse_args(argv)
+    PROBES[:] = args.probe
     try:
         result = analyze_file(args.file, skip=args.skip, window=args.window)
     except (OSError, ValueError, struct.error) as e:

@@ -98,6 +98,8 @@ class Client:
         self.abort = asyncio.Event()  # fatal: stop waiting for anything
         self.stop = asyncio.Event()  # SIGTERM / SIGINT
         self.closing = False
+        # Set once `leave` is sent: offers that crossed it on the wire are stale, not errors.
+        self.leaving = False
         self.ping_id = 0
 
     # ---------------------------------------------------------------- helpers
@@ -210,6 +212,7 @@ class Client:
         if self.left.is_set() or self.abort.is_set() or self.participant_id is None:
             return
         log.info("leaving")
+        self.leaving = True
         await self.send({"type": "leave"})
         await self.wait(self.left, "left", timeout=5.0)
         await self.close_pcs()
@@ -369,6 +372,9 @@ class Client:
 
     async def on_subscribe_offer(self, msg: dict) -> None:
         revision = msg.get("revision")
+        if self.leaving or self.closing:
+            log.info("ignoring subscribe offer r%s that crossed our leave", revision)
+            return
         sdp = msg.get("sdp") or ""
         tracks = msg.get("tracks") or []
         self.subscribe_offers.append(revision)

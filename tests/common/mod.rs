@@ -18,6 +18,11 @@ pub fn test_config() -> Config {
     cfg.media.media_timeout_secs = 4;
     cfg.media.ice_disconnected_secs = 2;
     cfg.server.shutdown_grace_secs = 3;
+    // Recording is on in the shipped config; tests of other features switch it off for
+    // determinism, and the recording and browser tests switch it on.
+    cfg.recording.enabled = false;
+    cfg.recording.storage_root =
+        std::env::temp_dir().join(format!("commhub-test-{}", rand::random::<u32>()));
     cfg
 }
 

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# commhub and Janus (VideoRoom, audio only) under identical load on this machine, one after the
+# other, and the ratios. The headline figure is server CPU per forwarded packet.
+#
+#   benches/compare.sh [SCENARIO...]      SCENARIO = ROOMSxPARTICIPANTS, default: 1x10 5x10
+#
+# Environment (defaults in brackets):
+#   DURATION [30] seconds measured per run, WARMUP [3], RAMP [10] participants/s
+#   SERVER_CPUS [0] and LOAD_CPUS [1]: taskset CPU lists for the server and the generator, so
+#     each has its own core and the generator's CPU never counts as the server's
+#   RECORDING [false when the binary has recording]: sets COMMHUB_RECORDING__ENABLED for
+#     commhub; false measures pure forwarding, like Janus, which records nothing. `default`
+#     leaves the binary's own default.
+#   CAPACITY [0]: 1 also runs --find-capacity on both (STEP_ROOMS [2] rooms of the scenario's
+#     size per step, STEP_SECS [10], MAX_LOSS_PCT [1], MAX_P99_MS [50])
+#   SERVER_BIN [target/release/commhub], LOAD_BIN [target/release/load], SKIP_BUILD [0]
+#   (no COMMHUB_* variable is passed to the server but the recording one: commhub reads them
+#   all as configuration)
+#   OUT [/tmp/commhub-compare-DATE]: JSON reports, PNG plots, server logs, summary.txt
+#
+# Everything runs in a private network namespace (unshare -n, so root is needed) holding `lo`
+# and a veth pair whose only address is 127.0.0.1/32: Janus (libnice) never gathers candidates
+# on a loopback-flagged interface, and this gives it one with 127.0.0.1 and nothing else. No
+# packet can leave the namespace; every socket of the servers and the generator is on 127.0.0.1.
+# Requires: apt-get install -y janus; python3 for the summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+if [ -z "${COMPARE_IN_NETNS:-}" ]; then
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        cargo build --release -p commhub -p commhub-benches >&2
+    fi
+    command -v janus >/dev/null || { echo "janus is not installed: apt-get install -y janus" >&2; exit 1; }
+    exec unshare -n env COMPARE_IN_NETNS=1 "$0" "$@"
+fi
+
+# Inside the namespace.
+ip link set lo up
+sysctl -qw net.ipv6.conf.all.disable_ipv6=1 || true
+ip link add cmp0 type veth peer name cmp1
+ip addr add 127.0.0.1/32 dev cmp0
+ip link set cmp0 up
+ip link set cmp1 up
+# webrtc-rs opens an mDNS socket per peer connection by default (commhub's server side does):
+# give multicast a route that stays in the namespace.
+ip route add 224.0.0.0/4 dev cmp0
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(1x10 5x10)
+DURATION=${DURATION:-30}
+WARMUP=${WARMUP:-3}
+RAMP=${RAMP:-10}
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+SERVER_BIN=${SERVER_BIN:-$root/target/release/commhub}
+RECORDING=${RECORDING:-}
+if [ -z "$RECORDING" ] && "$SERVER_BIN" --config /dev/null config 2>/dev/null | grep -q '^\[recording\]'; then
+    RECORDING=false
+fi
+[ "$RECORDING" = default ] && RECORDING=
+CAPACITY=${CAPACITY:-0}
+LOAD_BIN=${LOAD_BIN:-$root/target/release/load}
+OUT=${OUT:-/tmp/commhub-compare-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$root" status --porcelain 2>/dev/null | grep -q . && echo "+dirty" || true)
+cat >"$OUT/machine.txt" <<EOF
+date: $(date -u +%Y-%m-%dT%H:%M:%SZ)
+commit: $commit$dirty
+commhub binary: $SERVER_BIN
+nproc: $(nproc)
+cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+janus: $(janus --version 2>/dev/null | head -1)
+server cpus: $SERVER_CPUS, generator cpus: $LOAD_CPUS
+commhub recording: ${RECORDING:-binary default (the binary may have none)}
+load average before: $(cut -d' ' -f1-3 /proc/loadavg)
+EOF
+cat "$OUT/machine.txt" >&2
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+server_pid=
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+    "$root/benches/janus.sh" stop "$OUT/janus" || true
+}
+trap stop_server EXIT
+
+# run TARGET NAME LOAD_ARGS...
+run() {
+    local target=$1 name=$2
+    shift 2
+    local url
+    if [ "$target" = commhub ]; then
+        local env=(env)
+        while IFS='=' read -r k _; do env+=(-u "$k"); done < <(env | grep '^COMMHUB_' || true)
+        [ -n "$RECORDING" ] && env+=(COMMHUB_RECORDING__ENABLED="$RECORDING")
+        "${env[@]}" taskset -c "$SERVER_CPUS" "$SERVER_BIN" --config /dev/null --listen 127.0.0.1:18080 --media-ports 40000-44999 \
+            --log-level warn >"$OUT/$name.server.log" 2>&1 &
+        server_pid=$!
+        wait_port 18080 || { echo "commhub did not start" >&2; cat "$OUT/$name.server.log" >&2; exit 1; }
+        url=ws://127.0.0.1:18080/ws
+    else
+        JANUS_CPUS=$SERVER_CPUS "$root/benches/janus.sh" start "$OUT/janus" 18188 45000-49999 >/dev/null
+        server_pid=$(cat "$OUT/janus/janus.pid")
+        url=ws://127.0.0.1:18188
+    fi
+    echo "== $name ($target) ==" >&2
+    local rc=0
+    taskset -c "$LOAD_CPUS" "$LOAD_BIN" --target "$target" --url "$url" --server-pid "$server_pid" \
+        --ramp "$RAMP" --warmup "$WARMUP" --json "$OUT/$name.json" --plot "$OUT/$name.png" \
+        "$@" 2>"$OUT/$name.load.log" | tee "$OUT/$name.table.txt" || rc=$?
+    if [ "$target" = janus ]; then cp "$OUT/janus/janus.log" "$OUT/$name.server.log" || true; fi
+    stop_server
+    [ $rc -eq 0 ] || echo "warning: $name: the generator exited with $rc (see $OUT/$name.load.log)" >&2
+    sleep 2
+}
+
+for s in "${scenarios[@]}"; do
+    rooms=${s%x*}
+    parts=${s#*x}
+    for target in commhub janus; do
+        label="recording ${RECORDING:-default}"
+        [ "$target" = janus ] && label="videoroom audio-only"
+        run "$target" "$target-$s" --rooms "$rooms" --participants "$parts" \
+            --duration "$DURATION" --label "$label"
+    done
+done
+if [ "$CAPACITY" = 1 ]; then
+    s=${scenarios[0]}
+    parts=${s#*x}
+    for target in commhub janus; do
+        run "$target" "$target-capacity-x$parts" --find-capacity --rooms "${STEP_ROOMS:-2}" \
+            --step-rooms "${STEP_ROOMS:-2}" --participants "$parts" --step-secs "${STEP_SECS:-10}" \
+            --max-loss-pct "${MAX_LOSS_PCT:-1}" --max-p99-ms "${MAX_P99_MS:-50}"
+    done
+fi
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+
+python3 - "$OUT" "${scenarios[@]}" <<'EOF' | tee "$OUT/summary.txt"
+import json, os, sys
+out, scenarios = sys.argv[1], sys.argv[2:]
+def load(name):
+    p = os.path.join(out, name + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+def get(r, *path):
+    for k in path:
+        if r is None:
+            return None
+        r = r.get(k)
+    return r
+# (label, path, digits, better): better = "low" or "high"; the ratio is always "times better
+# for commhub" (>1: commhub better).
+rows = [
+    ("forwarded pkt/s", ("steady", "forwarded_pps"), 0, None),
+    ("loss %", ("steady", "loss"), 3, "low"),
+    ("latency p50 ms", ("steady", "latency_ms", "p50"), 2, "low"),
+    ("latency p99 ms", ("steady", "latency_ms", "p99"), 2, "low"),
+    ("latency max ms", ("steady", "latency_ms", "max"), 2, "low"),
+    ("join p50 ms", ("join_ms", "p50"), 0, "low"),
+    ("join p99 ms", ("join_ms", "p99"), 0, "low"),
+    ("server CPU % of a core", ("steady", "server_cpu_pct_of_one_core"), 1, "low"),
+    ("server us CPU per packet", ("steady", "server_cpu_us_per_forwarded_packet"), 2, "low"),
+    ("server pkt/s per core", ("steady", "server_pps_per_core"), 0, "high"),
+    ("server RSS MB", ("server_rss_mb",), 1, "low"),
+    ("RSS MB per participant", ("server_rss_mb_per_participant",), 2, "low"),
+    ("generator CPU % of a core", ("steady", "generator_cpu_pct_of_one_core"), 1, None),
+]
+print(open(os.path.join(out, "machine.txt")).read())
+for s in scenarios:
+    c, j = load("commhub-" + s), load("janus-" + s)
+    if c is None or j is None:
+        print(f"{s}: missing report(s)")
+        continue
+    print(f"{s.replace('x', ' room(s) x ')} participants, 50 pkt/s each, "
+          f"{get(c, 'steady', 'seconds'):.0f} s measured; joined commhub {c['joined']} "
+          f"janus {j['joined']}, failed {c['failed']} / {j['failed']}")
+    print(f"  {'':28} {'commhub':>10} {'janus':>10} {'commhub better by':>18}")
+    for label, path, d, better in rows:
+        a, b = get(c, *path), get(j, *path)
+        if label == "loss %":
+            a = None if a is None else a * 100
+            b = None if b is None else b * 100
+        fa = "-" if a is None else f"{a:.{d}f}"
+        fb = "-" if b is None else f"{b:.{d}f}"
+        ratio = ""
+        if better and a and b:
+            ratio = f"{(b / a if better == 'low' else a / b):.2f}x"
+        print(f"  {label:28} {fa:>10} {fb:>10} {ratio:>18}")
+    print()
+for t in ("commhub", "janus"):
+    for f in sorted(os.listdir(out)):
+        if f.startswith(t + "-capacity") and f.endswith(".json"):
+            r = json.load(open(os.path.join(out, f)))
+            cap = r.get("capacity") or {}
+            print(f"capacity {t}: {cap.get('participants')} participants, "
+                  f"{cap.get('forwarded_pps', 0):.0f} forwarded pkt/s, server CPU "
+                  f"{cap.get('server_cpu_pct_of_one_core') or 0:.0f}% (stopped: {r.get('capacity_stop_reason')})")
+print(f"reports, plots and logs: {out}")
+EOF

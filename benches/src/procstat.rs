@@ -1,0 +1,47 @@
+//! CPU time and memory of a process, read from /proc (Linux).
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: USER_HZ, 100 on every Linux ABI.
+const TICKS: f64 = 100.0;
+
+/// User + system CPU seconds used so far by `pid` (all its threads), or by this process
+/// when `pid` is None.
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// Resident set size in MiB.
+pub fn rss_mb(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// CPUs this process may run on (its affinity mask, e.g. under `taskset`).
+pub fn cpus_allowed() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process() {
+        assert!(super::cpu_secs(None).is_some());
+        assert!(super::rss_mb(None).is_some_and(|m| m > 0.0));
+        assert!(super::cpu_secs(Some(u32::MAX)).is_none());
+    }
+}

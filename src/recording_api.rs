@@ -1,0 +1,59 @@
+//! `POST /api/v1/rooms/{room}/recording` `{"enabled": bool}` switches a room's recording;
+//! `GET` tells whether it is on. (API-key auth for /api/v1 comes with the call API.)
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::AppError;
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRecording {
+    pub enabled: bool,
+}
+
+pub async fn set_recording(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    body: Result<Json<SetRecording>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, AppError> {
+    let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    signaling::validate_room_name(&room).map_err(|e| AppError::BadRequest(e.message))?;
+    if state.sfu.participants(&room).is_none() {
+        // Not open: remember the choice for when it opens.
+        state.recorders.prefer(&room, body.enabled);
+        return Ok(Json(
+            json!({"room": room, "open": false, "recording": body.enabled}),
+        ));
+    }
+    state
+        .recorders
+        .set(&room, body.enabled)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("recording: {e}")))?;
+    Ok(Json(json!({
+        "room": room,
+        "open": true,
+        "recording": state.recorders.active(&room).is_some(),
+        "recording_id": state.recorders.active(&room),
+    })))
+}
+
+pub async fn get_recording(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let open = state.sfu.participants(&room).is_some();
+    if !open {
+        return Err(AppError::NotFound(format!("no open room `{room}`")));
+    }
+    Ok(Json(json!({
+        "room": room,
+        "open": true,
+        "recording": state.recorders.active(&room).is_some(),
+        "recording_id": state.recorders.active(&room),
+    })))
+}
