@@ -223,6 +223,7 @@ impl Recorders {
                             me.stop(&room, "room_closed").await;
                             lock(&me.inner.wanted).remove(&room);
                         }
+                        Ok(RoomEvent::Listening { .. }) => {}
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!(missed = n, "recorder missed room events");
                         }
@@ -354,15 +355,20 @@ impl Recorders {
         let announcement = self.inner.announcement_frames.clone();
         let interval = self.inner.cfg.beep.interval;
         let consent_room = room_s.clone();
+        let consent_room2 = room_s.clone();
+        let mut room_events = sfu.room_events();
         let stop_id = recording_id.clone();
         let done = tokio::spawn(async move {
             let consent = tokio::spawn(async move {
-                let Some(system) = system else { return };
-                // The first participant's subscribe connection comes up a moment after the
-                // room opens: play the announcement once someone can hear it.
-                system.wait_for_listener(Duration::from_secs(10)).await;
-                if !announcement.is_empty() {
-                    system.play(announcement).await;
+                let Some(system) = system.map(Arc::new) else {
+                    return;
+                };
+                // Everyone hears the announcement once: those already listening now (a
+                // recording switched on mid-call), and each participant whose subscribe
+                // connection comes up later, privately. Beeps go to the whole room.
+                if system.listening() && !announcement.is_empty() {
+                    let (s, a) = (system.clone(), announcement.clone());
+                    tokio::spawn(async move { s.play(a).await });
                 }
                 let mut next = tokio::time::Instant::from_std(
                     std::time::Instant::now() + interval
@@ -372,9 +378,23 @@ impl Recorders {
                             .min(interval),
                 );
                 loop {
-                    tokio::time::sleep_until(next).await;
-                    system.play(beep.clone()).await;
-                    next += interval;
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {
+                            next += interval;
+                            let (s, b) = (system.clone(), beep.clone());
+                            tokio::spawn(async move { s.play(b).await });
+                        }
+                        ev = room_events.recv() => match ev {
+                            Ok(RoomEvent::Listening { room, participant })
+                                if room == consent_room2 && !announcement.is_empty() =>
+                            {
+                                let (s, a) = (system.clone(), announcement.clone());
+                                tokio::spawn(async move { s.play_to(a, &participant).await });
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                            _ => {}
+                        },
+                    }
                 }
             });
             let mut known: HashMap<String, ()> = HashMap::new();

@@ -30,6 +30,8 @@ pub struct MediaPacket {
     pub payload: Bytes,
     /// Server-generated audio (consent beeps): forwarded but never tapped.
     pub system: bool,
+    /// Deliver to this subscriber only.
+    pub only_to: Option<ParticipantId>,
 }
 
 /// What a subscriber's writer task receives.
@@ -77,7 +79,8 @@ pub struct Fanout {
 pub fn fan_out(routes: &Routes, pkt: &Arc<MediaPacket>, stats: &MediaStats) -> Fanout {
     let mut out = Fanout::default();
     for sink in &routes.sinks {
-        if !sink.wants(&pkt.producer) {
+        if !sink.wants(&pkt.producer) || pkt.only_to.as_ref().is_some_and(|t| *t != sink.subscriber)
+        {
             continue;
         }
         match sink.tx.try_send(SinkMsg::Packet(pkt.clone())) {
@@ -175,6 +178,7 @@ mod tests {
             arrival_wall: SystemTime::now(),
             payload: Bytes::from(vec![seq as u8; 40]),
             system: false,
+            only_to: None,
         })
     }
 

@@ -132,6 +132,12 @@ struct SfuInner {
 pub enum RoomEvent {
     Opened(String),
     Closed(String),
+    /// A participant's (or WHEP viewer's) subscribe connection came up: from now on it hears
+    /// what the room forwards.
+    Listening {
+        room: String,
+        participant: String,
+    },
 }
 
 struct Room {
@@ -566,7 +572,12 @@ impl Sfu {
                     connected,
                     self.inner.cfg.media_timeout,
                     None,
-                    Some(r.listeners.clone()),
+                    Some(ListenerCtx {
+                        count: r.listeners.clone(),
+                        events: self.inner.room_events.clone(),
+                        room: r.name.clone(),
+                        participant: sub_pid.clone(),
+                    }),
                 ));
                 tokio::spawn(whep_supervisor(
                     self.clone(),
@@ -745,18 +756,22 @@ async fn watch_peer(
     connected: Arc<AtomicBool>,
     media_timeout: Duration,
     publisher: Option<PublisherCtx>,
-    listeners: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    listener: Option<ListenerCtx>,
 ) {
     let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
     let mut counted = false;
     let mut count = |up: bool| {
-        if let Some(l) = &listeners
+        if let Some(l) = &listener
             && up != counted
         {
             if up {
-                l.fetch_add(1, Ordering::Relaxed);
+                l.count.fetch_add(1, Ordering::Relaxed);
+                let _ = l.events.send(RoomEvent::Listening {
+                    room: l.room.to_string(),
+                    participant: l.participant.to_string(),
+                });
             } else {
-                l.fetch_sub(1, Ordering::Relaxed);
+                l.count.fetch_sub(1, Ordering::Relaxed);
             }
             counted = up;
         }
@@ -817,6 +832,14 @@ async fn watch_peer(
     count(false);
 }
 
+/// A subscribe connection's place in its room's listener count.
+struct ListenerCtx {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    events: tokio::sync::broadcast::Sender<RoomEvent>,
+    room: Arc<str>,
+    participant: ParticipantId,
+}
+
 #[derive(Clone)]
 struct PublisherCtx {
     room: Weak<Room>,
@@ -868,6 +891,7 @@ async fn read_loop(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
             arrival_wall: SystemTime::now(),
             payload: pkt.payload,
             system: false,
+            only_to: None,
         });
         let routes = room.routes.load();
         fan_out(&routes, &mp, &ctx.stats);
@@ -992,6 +1016,11 @@ impl SystemSource {
         &self.id
     }
 
+    /// Whether any subscribe connection in the room is up right now.
+    pub fn listening(&self) -> bool {
+        self.room.listeners.load(Ordering::Relaxed) > 0
+    }
+
     /// Wait until at least one subscribe connection in the room is up (someone would hear
     /// what is played), at most `timeout`. Returns whether someone is listening.
     pub async fn wait_for_listener(&self, timeout: Duration) -> bool {
@@ -1010,6 +1039,23 @@ impl SystemSource {
     /// Play 20 ms Opus frames into the room, paced in real time. Returns when done (or when
     /// the room is gone).
     pub async fn play(&self, frames: Arc<Vec<bytes::Bytes>>) {
+        self.play_inner(frames, None).await
+    }
+
+    /// Play frames to one subscriber only (e.g. the recording announcement for someone who
+    /// just started listening). They go out on a separate RTP source, so that subscriber's
+    /// output stays continuous and nobody else notices.
+    pub async fn play_to(&self, frames: Arc<Vec<bytes::Bytes>>, participant: &str) {
+        self.play_inner(frames, Some(Arc::from(participant))).await
+    }
+
+    async fn play_inner(&self, frames: Arc<Vec<bytes::Bytes>>, only_to: Option<ParticipantId>) {
+        let private = only_to.as_ref().map(|_| SystemClock {
+            ssrc: rand::random(),
+            seq: rand::random(),
+            started: Instant::now(),
+        });
+        let private = private.map(Mutex::new);
         let room = Arc::downgrade(&self.room);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -1021,7 +1067,10 @@ impl SystemSource {
             }
             let now = Instant::now();
             let (ssrc, seq, ts) = {
-                let mut c = lock(&self.clock);
+                let mut c = match &private {
+                    Some(p) => lock(p),
+                    None => lock(&self.clock),
+                };
                 c.seq = c.seq.wrapping_add(1);
                 // RTP time follows the wall clock since the source started, in 20 ms steps.
                 let frames_since = (now.duration_since(c.started).as_millis() / 20) as u32;
@@ -1039,6 +1088,7 @@ impl SystemSource {
                 arrival_wall: SystemTime::now(),
                 payload: f.clone(),
                 system: true,
+                only_to: only_to.clone(),
             });
             let routes = room.routes.load();
             fan_out(&routes, &mp, &self.stats);
@@ -1223,7 +1273,12 @@ impl Participant {
                 connected,
                 self.sfu.inner.cfg.media_timeout,
                 None,
-                Some(self.room.listeners.clone()),
+                Some(ListenerCtx {
+                    count: self.room.listeners.clone(),
+                    events: self.sfu.inner.room_events.clone(),
+                    room: self.room.name.clone(),
+                    participant: self.id.clone(),
+                }),
             ));
             {
                 let mut st = lock(&self.room.state);
