@@ -491,3 +491,90 @@ async fn sigterm_mid_call_finalises_before_exit() {
     check_recording(&flacs[0], 7.0);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_is_switched_per_room_by_join_message_and_http() {
+    let root = tmpdir("switch");
+    let root2 = root.clone();
+    let srv = common::server(move |c| {
+        c.recording.enabled = true;
+        c.recording.storage_root = root2;
+    })
+    .await;
+    let mut events = srv.state.recorders.events();
+    // Created with record: false: no recording, no system participant.
+    let mut ws = common::Ws::connect(&srv.ws_url()).await.expect("connect");
+    ws.send(serde_json::json!({"type":"join","room":"switch","display_name":"A","role":"agent","record":false}))
+        .await
+        .expect("send");
+    let joined = ws.expect("joined").await.expect("joined");
+    assert_eq!(joined["participants"].as_array().map(Vec::len), Some(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(srv.state.recorders.active("switch").is_none());
+
+    // Mid-call over signaling.
+    ws.send(serde_json::json!({"type":"set_recording","enabled":true}))
+        .await
+        .expect("send");
+    let started = ws.expect("recording_started").await.expect("started");
+    let id = started["recording_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        srv.state.recorders.active("switch").as_deref(),
+        Some(id.as_str())
+    );
+
+    // Off over HTTP.
+    let (status, body) = post_json(
+        &format!("{}/api/v1/rooms/switch/recording", srv.http_url()),
+        r#"{"enabled": false}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stopped = ws.expect("recording_stopped").await.expect("stopped");
+    assert_eq!(stopped["recording_id"], id.as_str());
+    assert_eq!(stopped["reason"], "requested");
+    assert!(srv.state.recorders.active("switch").is_none());
+    // Its files were finalised.
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(commhub::recording::RecordingEvent::Ready { summary, .. }) =
+                events.recv().await
+            {
+                return summary;
+            }
+        }
+    })
+    .await
+    .expect("ready");
+    assert_eq!(ready.recording_id, id);
+    assert!(Path::new(&ready.sidecar_path).exists());
+    // Bad bodies are refused.
+    let (status, _) = post_json(
+        &format!("{}/api/v1/rooms/switch/recording", srv.http_url()),
+        r#"{"enabled": "yes"}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    srv.stop().await.expect("stop");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+async fn post_json(url: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, buf)
+}
