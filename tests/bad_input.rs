@@ -76,7 +76,13 @@ async fn malformed_unknown_oversized_and_binary_frames() {
         "socket closed after a 2 MiB frame"
     );
     still_alive(&mut ws).await;
-    let health = reqwest_get(&format!("{}/healthz", srv.http_url())).await;
+    let health = common::http(
+        "GET",
+        &format!("{}/healthz", srv.http_url()),
+        "text/plain",
+        "",
+    )
+    .await;
     assert_eq!(health.0, 200);
     srv.stop().await.expect("stop");
 }
@@ -256,45 +262,10 @@ async fn whip_whep_http_errors() {
         ),
     ];
     for (method, url, ct, body, status, code) in cases {
-        let (got, text) = http(method, &url, ct, body).await;
+        let (got, text) = common::http(method, &url, ct, &body).await;
         assert_eq!(got, status, "{method} {url}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let v: Value = common::json_body(&text);
         assert_eq!(v["error"]["code"], code, "{method} {url}: {text}");
     }
     srv.stop().await.expect("stop");
-}
-
-/// Minimal HTTP/1.1 client over a TCP socket (keeps test dependencies small).
-async fn http(method: &str, url: &str, ct: &str, body: String) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!(
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    // Chunked bodies: take the JSON object out.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body.to_string(),
-    };
-    (status, body)
-}
-
-pub async fn reqwest_get(url: &str) -> (u16, String) {
-    http("GET", url, "text/plain", String::new()).await
 }

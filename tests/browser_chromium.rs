@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::repo;
+
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A mono 16-bit 48 kHz WAV of a sine tone.
 fn write_tone(path: &Path, hz: f64, seconds: f64) {

@@ -4,52 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use common::run_py;
+
 use std::time::Duration;
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python with aiortc: COMMHUB_TEST_PYTHON, else the repo's .venv (scripts/setup-test-deps.sh
-/// makes it). Missing Python is a failure, not a skip: CI installs it.
-pub fn python() -> String {
-    if let Ok(p) = std::env::var("COMMHUB_TEST_PYTHON") {
-        return p;
-    }
-    let venv = repo().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with aiortc: set COMMHUB_TEST_PYTHON or run scripts/setup-test-deps.sh"
-    );
-    venv.display().to_string()
-}
-
-async fn run_py(args: &[String], limit: Duration) -> (i32, Value, String) {
-    let child = tokio::process::Command::new(python())
-        .args(args)
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python");
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .expect("python client finished in time")
-        .expect("python output");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let json = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
 
 fn hz(v: &Value) -> f64 {
     v["dominant_hz"].as_f64().unwrap_or(0.0)

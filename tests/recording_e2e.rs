@@ -6,20 +6,15 @@
 
 mod common;
 
+use common::{finish_py, python, repo, spawn_py};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> String {
-    std::env::var("COMMHUB_TEST_PYTHON")
-        .unwrap_or_else(|_| repo().join(".venv/bin/python").display().to_string())
-}
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("commhub-{tag}-{}", rand::random::<u32>()));
@@ -58,35 +53,6 @@ fn client_args(
     .map(|s| s.to_string())
     .chain(std::iter::once(out.display().to_string()))
     .collect()
-}
-
-fn spawn_py(args: &[String]) -> tokio::process::Child {
-    tokio::process::Command::new(python())
-        .args(args)
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python client")
-}
-
-async fn finish_py(child: tokio::process::Child) -> (i32, Value, String) {
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("client finished in time")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let j = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or(Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        j,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 fn run(cmd: &str, args: &[&str]) -> (bool, String) {
@@ -259,7 +225,7 @@ async fn a_recorded_call_leaves_flac_mp3_and_sidecar_and_clients_hear_consent() 
     let b = spawn_py(&client_args(
         &url, "recorded", "Customer", "customer", "880", "10", &out_b,
     ));
-    let ((ca, ja, ea), (cb, jb, eb)) = tokio::join!(finish_py(a), finish_py(b));
+    let ((ca, ja, ea), (cb, jb, eb)) = tokio::join!(finish_py(a, LIMIT), finish_py(b, LIMIT));
     assert_eq!(ca, 0, "agent client: {ja}\n{ea}");
     assert_eq!(cb, 0, "customer client: {jb}\n{eb}");
 
@@ -524,8 +490,10 @@ async fn recording_is_switched_per_room_by_join_message_and_http() {
     );
 
     // Off over HTTP.
-    let (status, body) = post_json(
+    let (status, body) = common::http(
+        "POST",
         &format!("{}/api/v1/rooms/switch/recording", srv.http_url()),
+        "application/json",
         r#"{"enabled": false}"#,
     )
     .await;
@@ -549,32 +517,14 @@ async fn recording_is_switched_per_room_by_join_message_and_http() {
     assert_eq!(ready.recording_id, id);
     assert!(Path::new(&ready.sidecar_path).exists());
     // Bad bodies are refused.
-    let (status, _) = post_json(
+    let (status, _) = common::http(
+        "POST",
         &format!("{}/api/v1/rooms/switch/recording", srv.http_url()),
+        "application/json",
         r#"{"enabled": "yes"}"#,
     )
     .await;
     assert_eq!(status, 400);
     srv.stop().await.expect("stop");
     let _ = std::fs::remove_dir_all(root);
-}
-
-async fn post_json(url: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, buf)
 }

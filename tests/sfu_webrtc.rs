@@ -167,7 +167,13 @@ async fn taps_see_every_publisher_and_metrics_count_the_traffic() {
     let stats = srv.state.sfu.stats().snapshot();
     assert!(stats.tap_drops > 0, "the stuck tap's drops are counted");
 
-    let body = http_get(&format!("{}/metrics", srv.http_url())).await;
+    let (_, body) = common::http(
+        "GET",
+        &format!("{}/metrics", srv.http_url()),
+        "text/plain",
+        "",
+    )
+    .await;
     for name in [
         "commhub_rooms 1",
         "commhub_participants 2",
@@ -183,27 +189,15 @@ async fn taps_see_every_publisher_and_metrics_count_the_traffic() {
         .and_then(|v| v.trim().parse().ok())
         .expect("packets out value");
     assert!(out > 100);
-    assert!(
-        http_get(&format!("{}/readyz", srv.http_url()))
-            .await
-            .contains("ready")
-    );
+    let (status, ready) = common::http(
+        "GET",
+        &format!("{}/readyz", srv.http_url()),
+        "text/plain",
+        "",
+    )
+    .await;
+    assert_eq!((status, ready.trim()), (200, "ready"));
     a.leave().await;
     b.leave().await;
     srv.stop().await.expect("stop");
-}
-
-async fn http_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(
-        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    buf
 }
