@@ -11,9 +11,16 @@
 #   RECORDING [false when the binary has recording]: sets COMMHUB_RECORDING__ENABLED for
 #     commhub; false measures pure forwarding, like Janus, which records nothing. `default`
 #     leaves the binary's own default.
+#   REPEAT [1]: run every scenario this many times (the order of the two servers alternates);
+#     the summary shows medians and each repetition's CPU ratio
 #   CAPACITY [0]: 1 also runs --find-capacity on both (STEP_ROOMS [2] rooms of the scenario's
 #     size per step, STEP_SECS [10], MAX_LOSS_PCT [1], MAX_P99_MS [50])
-#   SERVER_BIN [target/release/commhub], LOAD_BIN [target/release/load], SKIP_BUILD [0]
+#   QUIET_PCT [10], QUIET_WAIT [600]: before each run, wait up to QUIET_WAIT seconds for the
+#     machine's CPU pressure (PSI some avg10: share of time a task waited for a CPU) to fall
+#     under QUIET_PCT %, so other work on a shared machine disturbs the figures less; each
+#     report carries the pressure measured during its window
+#   JANUS_EVENT_LOOPS [unset]: Janus `event_loops` (static loop threads shared by handles)
+#   SERVER_BIN [target/release/commhub] (SERVER_COMMIT: the commit it was built from), LOAD_BIN [target/release/load], SKIP_BUILD [0]
 #   (no COMMHUB_* variable is passed to the server but the recording one: commhub reads them
 #   all as configuration)
 #   OUT [/tmp/commhub-compare-DATE]: JSON reports, PNG plots, server logs, summary.txt
@@ -65,13 +72,18 @@ OUT=${OUT:-/tmp/commhub-compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$root" status --porcelain 2>/dev/null | grep -q . && echo "+dirty" || true)
+# A server binary from elsewhere: say which commit it was built from with SERVER_COMMIT.
+if [ "$SERVER_BIN" != "$root/target/release/commhub" ]; then
+    commit="${SERVER_COMMIT:-unknown (SERVER_BIN given)} (generator: $commit"
+    dirty="$dirty)"
+fi
 cat >"$OUT/machine.txt" <<EOF
 date: $(date -u +%Y-%m-%dT%H:%M:%SZ)
 commit: $commit$dirty
 commhub binary: $SERVER_BIN
 nproc: $(nproc)
 cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
-janus: $(janus --version 2>/dev/null | head -1)
+janus: $(janus --version 2>/dev/null | head -1), event loops: ${JANUS_EVENT_LOOPS:-one per handle (default)}
 server cpus: $SERVER_CPUS, generator cpus: $LOAD_CPUS
 commhub recording: ${RECORDING:-binary default (the binary may have none)}
 load average before: $(cut -d' ' -f1-3 /proc/loadavg)
@@ -97,8 +109,21 @@ stop_server() {
 }
 trap stop_server EXIT
 
+wait_quiet() {
+    local t=0 p
+    while :; do
+        p=$(awk '/^some/ { sub("avg10=", "", $2); print int($2) }' /proc/pressure/cpu 2>/dev/null || echo 0)
+        [ "${p:-0}" -lt "${QUIET_PCT:-10}" ] && return 0
+        [ "$t" -ge "${QUIET_WAIT:-600}" ] && { echo "warning: the machine stays busy (cpu pressure ${p}%)" >&2; return 0; }
+        [ "$t" -eq 0 ] && echo "waiting for the machine to quieten (cpu pressure ${p}%)..." >&2
+        sleep 5
+        t=$((t + 5))
+    done
+}
+
 # run TARGET NAME LOAD_ARGS...
 run() {
+    wait_quiet
     local target=$1 name=$2
     shift 2
     local url
@@ -127,14 +152,22 @@ run() {
     sleep 2
 }
 
-for s in "${scenarios[@]}"; do
-    rooms=${s%x*}
-    parts=${s#*x}
-    for target in commhub janus; do
-        label="recording ${RECORDING:-default}"
-        [ "$target" = janus ] && label="videoroom audio-only"
-        run "$target" "$target-$s" --rooms "$rooms" --participants "$parts" \
-            --duration "$DURATION" --label "$label"
+REPEAT=${REPEAT:-1}
+for r in $(seq "$REPEAT"); do
+    for s in "${scenarios[@]}"; do
+        rooms=${s%x*}
+        parts=${s#*x}
+        # Alternate which server goes first, so a drift of the machine does not favour one.
+        order=(commhub janus)
+        [ $((r % 2)) -eq 0 ] && order=(janus commhub)
+        suffix=
+        [ "$REPEAT" -gt 1 ] && suffix="-r$r"
+        for target in "${order[@]}"; do
+            label="recording ${RECORDING:-default}"
+            [ "$target" = janus ] && label="videoroom audio-only"
+            run "$target" "$target-$s$suffix" --rooms "$rooms" --participants "$parts" \
+                --duration "$DURATION" --label "$label"
+        done
     done
 done
 if [ "$CAPACITY" = 1 ]; then
@@ -149,55 +182,68 @@ fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
 python3 - "$OUT" "${scenarios[@]}" <<'EOF' | tee "$OUT/summary.txt"
-import json, os, sys
+import glob, json, os, statistics, sys
 out, scenarios = sys.argv[1], sys.argv[2:]
-def load(name):
-    p = os.path.join(out, name + ".json")
-    return json.load(open(p)) if os.path.exists(p) else None
+def reports(target, s):
+    files = sorted(glob.glob(os.path.join(out, f"{target}-{s}.json")) +
+                   glob.glob(os.path.join(out, f"{target}-{s}-r*.json")))
+    return [json.load(open(f)) for f in files]
 def get(r, *path):
     for k in path:
         if r is None:
             return None
         r = r.get(k)
     return r
-# (label, path, digits, better): better = "low" or "high"; the ratio is always "times better
-# for commhub" (>1: commhub better).
+def median(rs, path, scale=1.0):
+    v = [get(r, *path) for r in rs]
+    v = [x * scale for x in v if x is not None]
+    return statistics.median(v) if v else None
+# (label, path, digits, better, scale): the ratio is always "times better for commhub".
 rows = [
-    ("forwarded pkt/s", ("steady", "forwarded_pps"), 0, None),
-    ("loss %", ("steady", "loss"), 3, "low"),
-    ("latency p50 ms", ("steady", "latency_ms", "p50"), 2, "low"),
-    ("latency p99 ms", ("steady", "latency_ms", "p99"), 2, "low"),
-    ("latency max ms", ("steady", "latency_ms", "max"), 2, "low"),
-    ("join p50 ms", ("join_ms", "p50"), 0, "low"),
-    ("join p99 ms", ("join_ms", "p99"), 0, "low"),
-    ("server CPU % of a core", ("steady", "server_cpu_pct_of_one_core"), 1, "low"),
-    ("server us CPU per packet", ("steady", "server_cpu_us_per_forwarded_packet"), 2, "low"),
-    ("server pkt/s per core", ("steady", "server_pps_per_core"), 0, "high"),
-    ("server RSS MB", ("server_rss_mb",), 1, "low"),
-    ("RSS MB per participant", ("server_rss_mb_per_participant",), 2, "low"),
-    ("generator CPU % of a core", ("steady", "generator_cpu_pct_of_one_core"), 1, None),
+    ("forwarded pkt/s", ("steady", "forwarded_pps"), 0, None, 1),
+    ("loss %", ("steady", "loss"), 3, "low", 100),
+    ("latency p50 ms", ("steady", "latency_ms", "p50"), 2, "low", 1),
+    ("latency p99 ms", ("steady", "latency_ms", "p99"), 2, "low", 1),
+    ("latency max ms", ("steady", "latency_ms", "max"), 2, "low", 1),
+    ("join p50 ms", ("join_ms", "p50"), 0, "low", 1),
+    ("join p99 ms", ("join_ms", "p99"), 0, "low", 1),
+    ("server CPU % of a core", ("steady", "server_cpu_pct_of_one_core"), 1, "low", 1),
+    ("server us CPU per packet", ("steady", "server_cpu_us_per_forwarded_packet"), 2, "low", 1),
+    ("server pkt/s per core", ("steady", "server_pps_per_core"), 0, "high", 1),
+    ("server RSS MB", ("server_rss_mb",), 1, "low", 1),
+    ("RSS MB per participant", ("server_rss_mb_per_participant",), 2, "low", 1),
+    ("generator CPU % of a core", ("steady", "generator_cpu_pct_of_one_core"), 1, None, 1),
+    ("machine CPU pressure %", ("steady", "machine_cpu_pressure_pct"), 1, None, 1),
+    ("machine CPU steal %", ("steady", "machine_cpu_steal_pct"), 1, None, 1),
 ]
 print(open(os.path.join(out, "machine.txt")).read())
 for s in scenarios:
-    c, j = load("commhub-" + s), load("janus-" + s)
-    if c is None or j is None:
+    c, j = reports("commhub", s), reports("janus", s)
+    if not c or not j:
         print(f"{s}: missing report(s)")
         continue
+    n = min(len(c), len(j))
     print(f"{s.replace('x', ' room(s) x ')} participants, 50 pkt/s each, "
-          f"{get(c, 'steady', 'seconds'):.0f} s measured; joined commhub {c['joined']} "
-          f"janus {j['joined']}, failed {c['failed']} / {j['failed']}")
+          f"{get(c[0], 'steady', 'seconds'):.0f} s measured, {n} run(s) each"
+          f"{' (medians)' if n > 1 else ''}; joined commhub {[r['joined'] for r in c]} "
+          f"janus {[r['joined'] for r in j]}, failed {[r['failed'] for r in c]} / {[r['failed'] for r in j]}")
     print(f"  {'':28} {'commhub':>10} {'janus':>10} {'commhub better by':>18}")
-    for label, path, d, better in rows:
-        a, b = get(c, *path), get(j, *path)
-        if label == "loss %":
-            a = None if a is None else a * 100
-            b = None if b is None else b * 100
+    for label, path, d, better, scale in rows:
+        a, b = median(c, path, scale), median(j, path, scale)
         fa = "-" if a is None else f"{a:.{d}f}"
         fb = "-" if b is None else f"{b:.{d}f}"
         ratio = ""
         if better and a and b:
             ratio = f"{(b / a if better == 'low' else a / b):.2f}x"
         print(f"  {label:28} {fa:>10} {fb:>10} {ratio:>18}")
+    if n > 1:
+        per = []
+        for rc, rj in zip(c, j):
+            uc = get(rc, "steady", "server_cpu_us_per_forwarded_packet")
+            uj = get(rj, "steady", "server_cpu_us_per_forwarded_packet")
+            if uc and uj:
+                per.append(f"{uc:.1f}/{uj:.1f}={uj / uc:.2f}x")
+        print(f"  us per packet, commhub/janus, each run: {', '.join(per)}")
     print()
 for t in ("commhub", "janus"):
     for f in sorted(os.listdir(out)):
@@ -205,7 +251,7 @@ for t in ("commhub", "janus"):
             r = json.load(open(os.path.join(out, f)))
             cap = r.get("capacity") or {}
             print(f"capacity {t}: {cap.get('participants')} participants, "
-                  f"{cap.get('forwarded_pps', 0):.0f} forwarded pkt/s, server CPU "
+                  f"{cap.get('forwarded_pps') or 0:.0f} forwarded pkt/s, server CPU "
                   f"{cap.get('server_cpu_pct_of_one_core') or 0:.0f}% (stopped: {r.get('capacity_stop_reason')})")
 print(f"reports, plots and logs: {out}")
 EOF

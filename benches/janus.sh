@@ -7,7 +7,9 @@
 #   benches/janus.sh start DIR [WS_PORT] [RTP_MIN-RTP_MAX]   # prints the pid; ws://127.0.0.1:WS_PORT
 #   benches/janus.sh stop DIR
 #
-# Extra janus flags can be passed in JANUS_ARGS; JANUS_CPUS pins it with taskset (e.g. "0").
+# Extra janus flags can be passed in JANUS_ARGS; JANUS_CPUS pins it with taskset (e.g. "0");
+# JANUS_EVENT_LOOPS=N makes handles share N static event loops (threads) instead of Janus's
+# default of one loop thread per handle.
 set -euo pipefail
 
 cmd=${1:?usage: janus.sh start|stop DIR [WS_PORT] [RTP_MIN-RTP_MAX]}
@@ -43,6 +45,7 @@ general: {
 	debug_level = 3
 	session_timeout = 60
 	server_name = "commhub-bench"
+$( [ -n "${JANUS_EVENT_LOOPS:-}" ] && printf '\tevent_loops = %s\n' "$JANUS_EVENT_LOOPS" )
 }
 certificates: {
 }

@@ -80,6 +80,7 @@ fn packet(seq: u16, payload: &Bytes) -> Arc<MediaPacket> {
         arrival_wall: SystemTime::now(),
         payload: payload.clone(),
         system: false,
+        only_to: None,
     })
 }
 

@@ -13,8 +13,9 @@
 //! - `plot.rs`: the PNG of throughput, CPU and latency against load.
 //! - `bin/load.rs`: the load generator (`--target commhub|janus`, ramp, duration, capacity
 //!   search, smoke mode, JSON and PNG output). `benches/*.rs`: criterion micro-benchmarks.
-//!   `compare.sh`, `janus.sh`, `smoke.sh`: the scripts around it; `BENCHMARKS.md` at the
-//!   repository root has the method and the figures.
+//!   `compare.sh` (commhub vs Janus), `janus.sh` (a loopback Janus), `smoke.sh` (CI smoke run),
+//!   `profile.sh` (perf under load): the scripts around it; `BENCHMARKS.md` at the repository
+//!   root has the method and the figures.
 
 pub mod client;
 pub mod janus;

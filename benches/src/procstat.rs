@@ -41,6 +41,26 @@ pub fn loadavg() -> Option<f64> {
         .ok()
 }
 
+/// Microseconds that some task of the machine has waited for a CPU, so far (PSI,
+/// `/proc/pressure/cpu`, `some total=`): its growth rate over a window is the share of that
+/// window in which the CPUs were contended, by anything.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let p = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = p.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// Clock ticks (1/100 s) the hypervisor has stolen from this machine's CPUs so far, summed over
+/// CPUs (`/proc/stat`): on a VM, time a busy neighbour took away shows up here.
+pub fn steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    cpu.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// CPUs this process may run on (its affinity mask, e.g. under `taskset`).
 pub fn cpus_allowed() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

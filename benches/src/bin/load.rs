@@ -168,6 +168,8 @@ impl Run {
                 .server_pid
                 .and_then(|p| procstat::cpu_secs(Some(p))),
             gen_cpu: procstat::cpu_secs(None),
+            pressure_us: procstat::cpu_pressure_us(),
+            steal: procstat::steal_ticks(),
         }
     }
 
@@ -271,6 +273,8 @@ struct Snap {
     streams: StreamTotals,
     server_cpu: Option<f64>,
     gen_cpu: Option<f64>,
+    pressure_us: Option<u64>,
+    steal: Option<u64>,
 }
 
 /// What was measured between two snapshots.
@@ -286,6 +290,10 @@ struct Window {
     max_ms: Option<f64>,
     server_cores: Option<f64>,
     gen_cores: Option<f64>,
+    /// Share of the window in which some task of the machine waited for a CPU (0..=1).
+    cpu_pressure: Option<f64>,
+    /// Share of the machine's CPU time stolen by the hypervisor in the window (0..=1).
+    steal: Option<f64>,
 }
 
 fn window(a: &Snap, b: &Snap, max_ns: Option<u64>) -> Window {
@@ -306,6 +314,25 @@ fn window(a: &Snap, b: &Snap, max_ns: Option<u64>) -> Window {
         max_ms: ms(max_ns.or_else(|| h.quantile(1.0))),
         server_cores: a.server_cpu.zip(b.server_cpu).map(|(x, y)| (y - x) / secs),
         gen_cores: a.gen_cpu.zip(b.gen_cpu).map(|(x, y)| (y - x) / secs),
+        cpu_pressure: a
+            .pressure_us
+            .zip(b.pressure_us)
+            .map(|(x, y)| y.saturating_sub(x) as f64 / 1e6 / secs),
+        steal: a.steal.zip(b.steal).map(|(x, y)| {
+            let cpus = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .max(1);
+            // /proc/stat sums over every CPU of the machine, not only those we may use.
+            let all = std::fs::read_to_string("/proc/stat")
+                .map(|s| {
+                    s.lines()
+                        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+                        .count()
+                })
+                .unwrap_or(cpus)
+                .max(1);
+            y.saturating_sub(x) as f64 / 100.0 / secs / all as f64
+        }),
     }
 }
 
@@ -363,6 +390,7 @@ async fn ticker(run: Arc<Run>, stop: Arc<AtomicBool>) {
             "server_rss_mb": rss,
             "generator_cpu_pct": w.gen_cores.map(|c| c * 100.0),
             "loadavg_1m": procstat::loadavg(),
+            "machine_cpu_pressure_pct": w.cpu_pressure.map(|p| p * 100.0),
         }));
         if !run.args.find_capacity {
             lock(&run.points).push(Point {
@@ -401,6 +429,8 @@ fn window_json(w: &Window, participants: usize, fanout: usize) -> Value {
         "server_pps_per_core": w.server_cores.map(|c| w.forwarded_pps / c.max(1e-9)),
         "server_cpu_us_per_forwarded_packet": us_per_pkt,
         "generator_cpu_pct_of_one_core": w.gen_cores.map(|c| c * 100.0),
+        "machine_cpu_pressure_pct": w.cpu_pressure.map(|p| p * 100.0),
+        "machine_cpu_steal_pct": w.steal.map(|p| p * 100.0),
     })
 }
 
@@ -671,6 +701,12 @@ fn print_table(r: &Value, w: &Window) {
         "  generator   cpu {} % of a core ({} cpu(s) allowed)",
         f(&s["generator_cpu_pct_of_one_core"], 1),
         r["generator_cpus"]
+    );
+    println!(
+        "  machine     cpu pressure {} % of the time, steal {} % (tasks waiting for a CPU, \
+         time taken by the hypervisor: above a few %, other work disturbs the figures)",
+        f(&s["machine_cpu_pressure_pct"], 1),
+        f(&s["machine_cpu_steal_pct"], 1)
     );
     if let Some(c) = r.get("capacity") {
         println!(
