@@ -352,32 +352,49 @@ async fn wait_up(port: u16) {
     panic!("server did not come up on {port}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_mid_call_is_recovered_at_the_next_start() {
-    let root = tmpdir("kill9");
+/// A server process with a recorded call (agent 440 Hz, customer 880 Hz) 9 s in.
+async fn call_in_progress(
+    tag: &str,
+    room: &str,
+    secs: &str,
+) -> (
+    PathBuf,
+    u16,
+    std::process::Child,
+    tokio::process::Child,
+    tokio::process::Child,
+) {
+    let root = tmpdir(tag);
     let port = free_port();
-    let mut server = spawn_server(&root, port);
+    let server = spawn_server(&root, port);
     wait_up(port).await;
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let a = spawn_py(&client_args(
+    let agent = client_args(
         &url,
-        "crash",
+        room,
         "Agent",
         "agent",
         "440",
-        "14",
+        secs,
         &root.join("a.wav"),
-    ));
-    let b = spawn_py(&client_args(
+    );
+    let customer = client_args(
         &url,
-        "crash",
+        room,
         "Customer",
         "customer",
         "880",
-        "14",
+        secs,
         &root.join("b.wav"),
-    ));
+    );
+    let (a, b) = (spawn_py(&agent), spawn_py(&customer));
     tokio::time::sleep(Duration::from_secs(9)).await;
+    (root, port, server, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_call_is_recovered_at_the_next_start() {
+    let (root, port, mut server, a, b) = call_in_progress("kill9", "crash", "14").await;
     server.kill().expect("kill -9");
     let _ = server.wait();
     drop(a);
@@ -408,30 +425,7 @@ async fn kill_dash_nine_mid_call_is_recovered_at_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_call_finalises_before_exit() {
-    let root = tmpdir("term");
-    let port = free_port();
-    let mut server = spawn_server(&root, port);
-    wait_up(port).await;
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let a = spawn_py(&client_args(
-        &url,
-        "term",
-        "Agent",
-        "agent",
-        "440",
-        "20",
-        &root.join("a.wav"),
-    ));
-    let b = spawn_py(&client_args(
-        &url,
-        "term",
-        "Customer",
-        "customer",
-        "880",
-        "20",
-        &root.join("b.wav"),
-    ));
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (root, _port, mut server, a, b) = call_in_progress("term", "term", "20").await;
     let (ok, t) = run("kill", &["-TERM", &server.id().to_string()]);
     assert!(ok, "{t}");
     let t0 = std::time::Instant::now();
