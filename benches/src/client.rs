@@ -158,6 +158,40 @@ impl PeerConnectionEventHandler for H {
     }
 }
 
+/// A publish connection with one sendonly Opus track (its own random SSRC) and the offer for
+/// it, already set as the local description. Shared by the commhub and Janus clients.
+pub(crate) async fn publish_offer(
+    stream_id: &str,
+    index: u8,
+) -> anyhow::Result<(
+    Arc<dyn PeerConnection>,
+    mpsc::UnboundedReceiver<PcEvent>,
+    Arc<TrackLocalStaticRTP>,
+    u32,
+    RTCSessionDescription,
+)> {
+    let (pc, rx) = new_pc().await?;
+    let ssrc: u32 = rand::random();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id.to_string(),
+        format!("mic-{index}"),
+        "mic".into(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus(),
+            ..Default::default()
+        }],
+    )));
+    pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer.clone()).await?;
+    Ok((pc, rx, track, ssrc, offer))
+}
+
 pub(crate) async fn new_pc()
 -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<PcEvent>)> {
     let (me, reg) = media_engine()?;
@@ -267,27 +301,8 @@ impl Client {
             .to_string();
 
         // Publish connection: we offer a sendonly Opus track.
-        let (publish_pc, mut pub_rx) = new_pc().await?;
-        let ssrc: u32 = rand::random();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("client-{index}"),
-            format!("mic-{index}"),
-            "mic".into(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: opus(),
-                ..Default::default()
-            }],
-        )));
-        publish_pc
-            .add_track(track.clone() as Arc<dyn TrackLocal>)
-            .await?;
-        let offer = publish_pc.create_offer(None).await?;
-        publish_pc.set_local_description(offer.clone()).await?;
+        let (publish_pc, mut pub_rx, track, ssrc, offer) =
+            publish_offer(&format!("client-{index}"), index).await?;
         ws.send(json!({"type":"publish","sdp":offer.sdp})).await?;
         let mut backlog = Vec::new();
         let answer = loop {

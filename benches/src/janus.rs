@@ -16,22 +16,17 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
-use crate::client::{MediaHooks, PcEvent, RtpFn, STEP, new_pc, opus, payload};
+use crate::client::{MediaHooks, PcEvent, RtpFn, STEP, new_pc, payload, publish_offer};
 
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -215,27 +210,8 @@ impl JanusClient {
         let mut initial: Vec<u64> = publishers(&joined);
 
         // Publish: we offer a sendonly Opus track.
-        let (publish_pc, mut pub_rx) = new_pc().await?;
-        let ssrc: u32 = rand::random();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("janus-{index}"),
-            format!("mic-{index}"),
-            "mic".into(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: opus(),
-                ..Default::default()
-            }],
-        )));
-        publish_pc
-            .add_track(track.clone() as Arc<dyn TrackLocal>)
-            .await?;
-        let offer = publish_pc.create_offer(None).await?;
-        publish_pc.set_local_description(offer.clone()).await?;
+        let (publish_pc, mut pub_rx, track, ssrc, offer) =
+            publish_offer(&format!("janus-{index}"), index).await?;
         let (configured, jsep) = c
             .message(
                 pub_h,
