@@ -40,6 +40,9 @@ if [ "$target" = commhub ]; then
     if "$SERVER_BIN" --config /dev/null config 2>/dev/null | grep -q '^\[recording\]'; then
         env_args+=(COMMHUB_RECORDING__ENABLED=false)
     fi
+    # The load generator joins without tokens; the database goes to the run's directory.
+    env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_DATABASE__SQLITE_PATH="$OUT/commhub.db"
+               COMMHUB_DATABASE__OUTBOX_PATH="$OUT/outbox.jsonl")
     "${env_args[@]}" taskset -c "$SERVER_CPUS" "$SERVER_BIN" --config /dev/null \
         --listen 127.0.0.1:18080 --media-ports 40000-44999 --log-level warn >"$OUT/server.log" 2>&1 &
     pid=$!

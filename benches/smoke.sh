@@ -19,6 +19,10 @@ while IFS='=' read -r k _; do env_args+=(-u "$k"); done < <(env | grep '^COMMHUB
 if "$bin" --config /dev/null config 2>/dev/null | grep -q '^\[recording\]'; then
     env_args+=(COMMHUB_RECORDING__ENABLED=false)
 fi
+# The load generator joins without tokens; the database goes to a temporary directory.
+dbdir=$(mktemp -d -t commhub-smoke-db.XXXXXX)
+env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_DATABASE__SQLITE_PATH="$dbdir/commhub.db"
+           COMMHUB_DATABASE__OUTBOX_PATH="$dbdir/outbox.jsonl")
 # A media port range of its own, away from other runs on the machine.
 lo=$((20000 + (RANDOM % 300) * 100))
 "${env_args[@]}" "$bin" --config /dev/null --listen 127.0.0.1:0 --media-ports "$lo-$((lo + 99))" \
@@ -28,6 +32,7 @@ cleanup() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -f "$log"
+    rm -rf "$dbdir"
 }
 trap cleanup EXIT
 

@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// DEVELOPMENT ONLY: the demo page gets join tokens from /dev/token and /api/v1 needs no
+    /// key (sets auth.dev_mode). Never on a reachable server.
+    #[arg(long, global = true)]
+    pub dev_mode: bool,
+
     /// Log filter, e.g. info or info,media=debug (RUST_LOG wins when set).
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -63,8 +68,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no command is given).
     Serve,
-    /// Print the effective configuration (defaults + file + environment + flags) as TOML.
+    /// Print the effective configuration (defaults + file + environment + flags) as TOML,
+    /// secrets redacted.
     Config,
+    /// Create or upgrade the database schema (PostgreSQL at database.url / DATABASE_URL, or
+    /// the SQLite file) and print each table's row count. The server also migrates at start.
+    Migrate,
     /// Recording maintenance.
     Recordings {
         #[command(subcommand)]
@@ -157,6 +166,9 @@ impl Cli {
         if let Some(l) = &self.log_level {
             cfg.log.level = l.clone();
         }
+        if self.dev_mode {
+            cfg.auth.dev_mode = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -243,7 +255,43 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Config => match toml_string(&cfg) {
+        Command::Migrate => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("commhub: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                let backend = if cfg.database.url.is_empty() {
+                    format!("SQLite {}", cfg.database.sqlite_path.display())
+                } else {
+                    format!("PostgreSQL {}", crate::redact::db_url(&cfg.database.url))
+                };
+                eprintln!("migrating {backend} ...");
+                match crate::store::Store::open(&cfg.database).await {
+                    Ok(store) => {
+                        println!("schema up to date ({})", store.backend());
+                        match store.counts().await {
+                            Ok(counts) => {
+                                for (t, n) in counts {
+                                    println!("  {t:<20} {n} rows");
+                                }
+                            }
+                            Err(e) => eprintln!("commhub: counting rows: {e}"),
+                        }
+                        store.close().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("commhub: migrate: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Config => match toml_string(&redacted(cfg)) {
             Ok(s) => {
                 print!("{s}");
                 ExitCode::SUCCESS
@@ -272,6 +320,26 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The configuration with its secrets replaced, for printing.
+fn redacted(mut cfg: Config) -> Config {
+    let hide = |s: &mut String| {
+        if !s.is_empty() {
+            *s = "<redacted>".into();
+        }
+    };
+    hide(&mut cfg.auth.jwt_secret);
+    hide(&mut cfg.auth.pbx_token);
+    hide(&mut cfg.auth.webhook_token);
+    hide(&mut cfg.turn.shared_secret);
+    for k in &mut cfg.auth.api_keys {
+        hide(k);
+    }
+    if !cfg.database.url.is_empty() {
+        cfg.database.url = crate::redact::db_url(&cfg.database.url);
+    }
+    cfg
 }
 
 fn toml_string(cfg: &Config) -> Result<String, String> {

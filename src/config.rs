@@ -1,6 +1,12 @@
 //! Configuration: defaults, then `config/commhub.toml` (or `--config FILE`), then environment
 //! variables `COMMHUB_<SECTION>__<KEY>` (e.g. `COMMHUB_SERVER__LISTEN=0.0.0.0:8443`), then
 //! command-line flags. Every option is documented in `config/commhub.toml`.
+//!
+//! The platform's own variable names are honoured too (they are the contract with the existing
+//! deployment): `SFU_ENDPOINT`, `TURN_SHARED_SECRET`, `TURN_SERVER_URL`, `PBX_AUTH_TOKEN`,
+//! `INBOUND_WEBHOOK_TOKEN` and `DATABASE_URL` set `api.sfu_endpoint`, `turn.shared_secret`,
+//! `turn.server_url`, `auth.pbx_token`, `auth.webhook_token` and `database.url`. A
+//! `COMMHUB_...` variable for the same key wins over them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,7 +22,123 @@ pub struct Config {
     pub media: MediaConfig,
     pub signaling: SignalingConfig,
     pub recording: RecordingSection,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub turn: TurnConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host/db`. Empty: the embedded SQLite file `sqlite_path`.
+    pub url: String,
+    /// The SQLite database file used when `url` is empty.
+    pub sqlite_path: PathBuf,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Seconds to wait for the database at start and for a connection later.
+    pub connect_timeout_secs: u64,
+    /// Durable queue of writes made while the database is unreachable (JSON lines).
+    pub outbox_path: PathBuf,
+    /// Milliseconds between attempts to write the outbox to the database.
+    pub retry_interval_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: String::new(),
+            sqlite_path: PathBuf::from("data/commhub.db"),
+            max_connections: 8,
+            connect_timeout_secs: 5,
+            outbox_path: PathBuf::from("data/outbox.jsonl"),
+            retry_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a join token for /ws joins and WHIP/WHEP, and an API key for /api/v1.
+    pub enabled: bool,
+    /// HS256 secret of join tokens. Empty: a random secret per process.
+    pub jwt_secret: String,
+    /// Lifetime of issued join tokens (seconds).
+    pub token_ttl_secs: u64,
+    /// Keys accepted for /api/v1 and call-create/call-end (`Authorization: Bearer KEY`).
+    pub api_keys: Vec<String>,
+    /// The PBX's token for recording-upload (PBX_AUTH_TOKEN).
+    pub pbx_token: String,
+    /// The SMS carrier webhooks' token (INBOUND_WEBHOOK_TOKEN).
+    pub webhook_token: String,
+    /// DEVELOPMENT ONLY: the demo page gets join tokens from /dev/token and reads /api/v1
+    /// without a key.
+    pub dev_mode: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            jwt_secret: String::new(),
+            token_ttl_secs: 600,
+            api_keys: Vec::new(),
+            pbx_token: String::new(),
+            webhook_token: String::new(),
+            dev_mode: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// coturn `static-auth-secret` (TURN_SHARED_SECRET). Empty: no TURN credentials issued.
+    pub shared_secret: String,
+    /// TURN URLs handed to clients, comma separated (TURN_SERVER_URL).
+    pub server_url: String,
+    /// Lifetime of issued TURN credentials (seconds).
+    pub credential_ttl_secs: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            shared_secret: String::new(),
+            server_url: String::new(),
+            credential_ttl_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Public signaling URL handed out by call-create (SFU_ENDPOINT), e.g.
+    /// `wss://sfu.example.com`. Empty: derived from the request's Host header.
+    pub sfu_endpoint: String,
+    /// Largest recording-upload request body (bytes, base64 included).
+    pub max_upload_bytes: usize,
+    /// Largest JSON body of the other API requests (bytes).
+    pub max_json_bytes: usize,
+    /// Default and largest page size of listings.
+    pub page_size: u32,
+    pub max_page_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            sfu_endpoint: String::new(),
+            max_upload_bytes: 64 * 1024 * 1024,
+            max_json_bytes: 64 * 1024,
+            page_size: 50,
+            max_page_size: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +329,30 @@ impl Config {
                 }
             }
         }
+        // The platform's variable names, then COMMHUB_<SECTION>__<KEY> over them.
+        fig = fig.merge(
+            Env::raw()
+                .only(&[
+                    "SFU_ENDPOINT",
+                    "TURN_SHARED_SECRET",
+                    "TURN_SERVER_URL",
+                    "PBX_AUTH_TOKEN",
+                    "INBOUND_WEBHOOK_TOKEN",
+                    "DATABASE_URL",
+                ])
+                .map(|k| {
+                    match k.as_str().to_ascii_uppercase().as_str() {
+                        "SFU_ENDPOINT" => "api.sfu_endpoint",
+                        "TURN_SHARED_SECRET" => "turn.shared_secret",
+                        "TURN_SERVER_URL" => "turn.server_url",
+                        "PBX_AUTH_TOKEN" => "auth.pbx_token",
+                        "INBOUND_WEBHOOK_TOKEN" => "auth.webhook_token",
+                        _ => "database.url",
+                    }
+                    .into()
+                })
+                .split("."),
+        );
         // Only COMMHUB_<SECTION>__<KEY>: other COMMHUB_* variables (e.g. the test suite's
         // COMMHUB_TEST_PYTHON) are not configuration.
         fig = fig.merge(
@@ -229,6 +375,16 @@ impl Config {
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The configured TURN URLs.
+    pub fn turn_urls(&self) -> Vec<String> {
+        self.turn
+            .server_url
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -283,6 +439,46 @@ impl Config {
         if !(8..=320).contains(&r.mp3_bitrate_kbps) {
             return bad("recording.mp3_bitrate_kbps must be 8..=320");
         }
+        let d = &self.database;
+        if !d.url.is_empty()
+            && !d.url.starts_with("postgres://")
+            && !d.url.starts_with("postgresql://")
+        {
+            return bad("database.url must be a postgres:// URL (empty for the embedded SQLite)");
+        }
+        if d.max_connections == 0 || d.connect_timeout_secs == 0 || d.retry_interval_ms < 10 {
+            return bad(
+                "database.max_connections and connect_timeout_secs must be >= 1, retry_interval_ms >= 10",
+            );
+        }
+        if !(60..=86_400).contains(&self.auth.token_ttl_secs)
+            || !(60..=86_400).contains(&self.turn.credential_ttl_secs)
+        {
+            return bad("auth.token_ttl_secs and turn.credential_ttl_secs must be 60..=86400");
+        }
+        if self.auth.api_keys.iter().any(|k| k.len() < 16) {
+            return bad("auth.api_keys entries must be at least 16 characters");
+        }
+        if !self.turn.shared_secret.is_empty() && self.turn.server_url.trim().is_empty() {
+            return bad("turn.server_url (TURN_SERVER_URL) must be set with turn.shared_secret");
+        }
+        for u in self.turn_urls() {
+            if !(u.starts_with("turn:") || u.starts_with("turns:") || u.starts_with("stun:")) {
+                return Err(ConfigError::Invalid(format!(
+                    "turn.server_url: `{u}` must start with turn:, turns: or stun:"
+                )));
+            }
+        }
+        let ep = &self.api.sfu_endpoint;
+        if !(ep.is_empty() || ep.starts_with("ws://") || ep.starts_with("wss://")) {
+            return bad("api.sfu_endpoint (SFU_ENDPOINT) must be a ws:// or wss:// URL");
+        }
+        if self.api.page_size == 0 || self.api.page_size > self.api.max_page_size {
+            return bad("api.page_size must be 1..=api.max_page_size");
+        }
+        if self.api.max_upload_bytes < 1024 || self.api.max_json_bytes < 1024 {
+            return bad("api.max_upload_bytes and api.max_json_bytes must be at least 1024");
+        }
         if self.media.media_timeout_secs == 0 || self.media.ice_disconnected_secs == 0 {
             return bad("media.media_timeout_secs and media.ice_disconnected_secs must be >= 1");
         }
@@ -316,10 +512,27 @@ mod tests {
             jail.set_env("COMMHUB_MEDIA__ANNOUNCED_IPS", "[\"203.0.113.7\"]");
             jail.set_env("COMMHUB_RECORDING__ENABLED", "false");
             jail.set_env("COMMHUB_TEST_PYTHON", "/usr/bin/python3");
+            // The platform's names, and COMMHUB_ winning over them.
+            jail.set_env("TURN_SHARED_SECRET", "s3cret");
+            jail.set_env("TURN_SERVER_URL", "turn:turn.example.com:3478");
+            jail.set_env("PBX_AUTH_TOKEN", "pbx-token");
+            jail.set_env("INBOUND_WEBHOOK_TOKEN", "hook-token");
+            jail.set_env("SFU_ENDPOINT", "wss://sfu.example.com");
+            jail.set_env("DATABASE_URL", "postgres://a@b/c");
+            jail.set_env("COMMHUB_DATABASE__URL", "postgres://x@y/z");
             let cfg = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(cfg.server.listen.port(), 2222);
             assert_eq!(cfg.media.announced_ips, vec!["203.0.113.7".to_string()]);
             assert!(!cfg.recording.enabled);
+            assert_eq!(cfg.turn.shared_secret, "s3cret");
+            assert_eq!(
+                cfg.turn_urls(),
+                vec!["turn:turn.example.com:3478".to_string()]
+            );
+            assert_eq!(cfg.auth.pbx_token, "pbx-token");
+            assert_eq!(cfg.auth.webhook_token, "hook-token");
+            assert_eq!(cfg.api.sfu_endpoint, "wss://sfu.example.com");
+            assert_eq!(cfg.database.url, "postgres://x@y/z");
             jail.set_env("COMMHUB_MEDIA__PORT_MIN", "not-a-port");
             let err = Config::load(Some(Path::new("c.toml"))).expect_err("bad env value");
             assert!(err.to_string().to_lowercase().contains("port_min"), "{err}");
@@ -337,6 +550,14 @@ mod tests {
             ("[server]\nlisten = \"not an address\"", "listen"),
             ("[server]\nlisten_typo = 1", "listen_typo"),
             ("[signaling]\nkeepalive_secs = 0", "keepalive"),
+            ("[database]\nurl = \"mysql://x\"", "database.url"),
+            ("[turn]\nshared_secret = \"s\"", "server_url"),
+            (
+                "[turn]\nshared_secret = \"s\"\nserver_url = \"http://x\"",
+                "turn:",
+            ),
+            ("[auth]\napi_keys = [\"short\"]", "api_keys"),
+            ("[api]\nsfu_endpoint = \"http://x\"", "sfu_endpoint"),
         ] {
             let err = Config::from_toml(toml).expect_err(toml).to_string();
             assert!(err.contains(needle), "{toml}: {err}");

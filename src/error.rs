@@ -23,8 +23,31 @@ pub enum AppError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// An error with its own code (e.g. `checksum_mismatch`, `token_expired`).
+    #[error("{2}")]
+    Coded(StatusCode, &'static str, String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl AppError {
+    pub fn coded(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Self {
+        AppError::Coded(status, code, msg.into())
+    }
+
+    /// The database could not answer a read.
+    pub fn db(e: sqlx::Error) -> Self {
+        if crate::store::is_transient(&e) {
+            tracing::warn!(error = %e, "database read failed");
+            AppError::coded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unreachable; try again shortly",
+            )
+        } else {
+            AppError::Internal(anyhow::anyhow!("database: {e}"))
+        }
+    }
 }
 
 impl AppError {
@@ -40,6 +63,7 @@ impl AppError {
             }
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Coded(s, c, _) => (*s, c),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

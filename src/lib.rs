@@ -17,7 +17,16 @@
 //! - `web.rs`: the demo page and `commhub.js`, embedded in the binary.
 //! - `error.rs`: [`error::AppError`], the one HTTP error type (`{error: {code, message}}`).
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.
+//! - `store/`: [`store::Store`] (PostgreSQL or embedded SQLite, embedded migrations), the
+//!   store task with its durable outbox (`writer.rs`, `outbox.rs`).
+//! - `calls.rs`: rooms <-> calls; room and recording events -> store writes.
+//! - `api.rs`: call-create, call-end, `/api/v1` (calls, tokens, consent, downloads),
+//!   `/openapi.json` (`openapi.json`), `/dev/token`; `upload.rs`: recording-upload.
+//! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials, constant-time secrets.
 
+pub mod api;
+pub mod auth;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -26,6 +35,8 @@ pub mod recording;
 pub mod recording_api;
 pub mod redact;
 pub mod server;
+pub mod store;
+pub mod upload;
 pub mod web;
 pub mod whip;
 pub mod ws;

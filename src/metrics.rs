@@ -114,6 +114,38 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "UDP ports in the configured range.",
         capacity.to_string(),
     );
+    let w = &state.store.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        "commhub_store_writes_total",
+        "counter",
+        "Writes (calls, participants, recordings, consent) stored in the database.",
+        load(&w.written).to_string(),
+    );
+    metric(
+        "commhub_store_outbox_queued_total",
+        "counter",
+        "Writes that went to the local outbox because the database was unreachable.",
+        load(&w.queued).to_string(),
+    );
+    metric(
+        "commhub_store_outbox_pending",
+        "gauge",
+        "Writes waiting in the local outbox now.",
+        load(&w.pending).to_string(),
+    );
+    metric(
+        "commhub_store_rejected_total",
+        "counter",
+        "Writes the database refused for good (kept in the rejected file).",
+        load(&w.rejected).to_string(),
+    );
+    metric(
+        "commhub_store_degraded",
+        "gauge",
+        "1 while the database is unreachable.",
+        load(&w.degraded).to_string(),
+    );
     metric(
         "commhub_uptime_seconds",
         "gauge",

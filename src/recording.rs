@@ -128,7 +128,12 @@ struct Inner {
     events: broadcast::Sender<RecordingEvent>,
     beep_frames: Arc<Vec<Bytes>>,
     announcement_frames: Arc<Vec<Bytes>>,
+    /// Maps a room to the id of its call (the store's calls); the room name without one.
+    call_of: Mutex<Option<CallResolver>>,
 }
+
+/// Finds (or makes) the call a room belongs to.
+pub type CallResolver = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -160,8 +165,14 @@ impl Recorders {
                 events: broadcast::channel(4096).0,
                 beep_frames,
                 announcement_frames,
+                call_of: Mutex::new(None),
             }),
         }
+    }
+
+    /// Recordings name their call through `f` from now on.
+    pub fn set_call_resolver(&self, f: CallResolver) {
+        *lock(&self.inner.call_of) = Some(f);
     }
 
     pub fn events(&self) -> broadcast::Receiver<RecordingEvent> {
@@ -223,7 +234,7 @@ impl Recorders {
                             me.stop(&room, "room_closed").await;
                             lock(&me.inner.wanted).remove(&room);
                         }
-                        Ok(RoomEvent::Listening { .. }) => {}
+                        Ok(RoomEvent::Listening { .. } | RoomEvent::Left { .. }) => {}
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!(missed = n, "recorder missed room events");
                         }
@@ -296,8 +307,12 @@ impl Recorders {
         let system = sfu.add_system_source(room).ok();
         let recording_id = uuid::Uuid::new_v4().to_string();
         let started_at = SystemTime::now();
+        let resolver = lock(&self.inner.call_of).clone();
+        let call_id = resolver
+            .map(|f| f(room))
+            .unwrap_or_else(|| room.to_string());
         let meta = RecordingMeta {
-            call_id: room.to_string(),
+            call_id: call_id.clone(),
             recording_id: recording_id.clone(),
             room: room.to_string(),
             started_at,
@@ -461,7 +476,7 @@ impl Recorders {
         tracing::info!(room = %room_s, recording = %recording_id, "recording started");
         let _ = events.send(RecordingEvent::Started {
             room: room_s.clone(),
-            call_id: room_s.clone(),
+            call_id,
             recording_id: recording_id.clone(),
             at: started_at,
         });

@@ -1,5 +1,5 @@
 //! `POST /api/v1/rooms/{room}/recording` `{"enabled": bool}` switches a room's recording;
-//! `GET` tells whether it is on. (API-key auth for /api/v1 comes with the call API.)
+//! `GET` tells whether it is on. Like all of /api/v1 it needs the API key.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,9 +17,11 @@ pub struct SetRecording {
 
 pub async fn set_recording(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(room): Path<String>,
     body: Result<Json<SetRecording>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
+    crate::api::require_api_key(&state, &headers)?;
     let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     signaling::validate_room_name(&room).map_err(|e| AppError::BadRequest(e.message))?;
     if state.sfu.participants(&room).is_none() {
@@ -44,8 +46,10 @@ pub async fn set_recording(
 
 pub async fn get_recording(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Json<Value>, AppError> {
+    crate::api::require_api_key(&state, &headers)?;
     let open = state.sfu.participants(&room).is_some();
     if !open {
         return Err(AppError::NotFound(format!("no open room `{room}`")));

@@ -29,6 +29,16 @@ pub fn redact(s: &str) -> String {
     format!("***{tail}({n})")
 }
 
+/// A database URL for logs: scheme and database name only (no user, password or host).
+pub fn db_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("?", url));
+    let db = rest
+        .rsplit_once('/')
+        .map(|(_, d)| d.split('?').next().unwrap_or(""))
+        .unwrap_or("");
+    format!("{scheme}://***/{db}")
+}
+
 /// Replace IPv4 addresses in ICE candidates / SDP fragments with `x.x.x.x` for logging.
 pub fn scrub_ips(s: &str) -> String {
     s.split(' ')

@@ -18,7 +18,10 @@ use axum::routing::{get, post};
 use media::{PeerConfig, Sfu, SfuConfig};
 use tokio::sync::watch;
 
+use crate::auth::TokenKey;
 use crate::config::Config;
+use crate::store::Store;
+use crate::store::writer::StoreHandle;
 
 /// Everything handlers share.
 #[derive(Clone)]
@@ -30,25 +33,57 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
     pub recorders: crate::recording::Recorders,
+    pub calls: crate::calls::Calls,
+    pub store: StoreHandle,
+    pub tokens: TokenKey,
 }
 
 impl AppState {
-    pub fn new(cfg: Config, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(cfg: Config, shutdown: watch::Receiver<bool>, store: StoreHandle) -> Self {
         let sfu = Sfu::new(sfu_config(&cfg));
         let recorders = crate::recording::Recorders::new(
             sfu.clone(),
             recording_config(&cfg),
             cfg.recording.enabled,
         );
+        let calls = crate::calls::Calls::new(store.clone(), sfu.clone(), recorders.clone());
+        let tokens = if cfg.auth.jwt_secret.is_empty() {
+            TokenKey::random()
+        } else {
+            TokenKey::new(cfg.auth.jwt_secret.as_bytes())
+        };
         AppState {
             sfu,
             recorders,
+            calls,
+            store,
+            tokens,
             cfg: Arc::new(cfg),
             shutdown,
             ready: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
         }
     }
+}
+
+/// Open the database (migrating it) and start the store task.
+pub async fn open_store(
+    cfg: &Config,
+) -> anyhow::Result<(StoreHandle, tokio::task::JoinHandle<()>)> {
+    let store = Store::open(&cfg.database).await?;
+    tracing::info!(
+        backend = store.backend(),
+        "database ready (migrations applied)"
+    );
+    let d = &cfg.database;
+    let (handle, task) = crate::store::writer::spawn(
+        store,
+        d.outbox_path.clone(),
+        Duration::from_millis(d.retry_interval_ms),
+        Duration::from_secs(d.connect_timeout_secs + 5),
+    )
+    .with_context(|| format!("opening the outbox {}", d.outbox_path.display()))?;
+    Ok((handle, task))
 }
 
 /// Translate the server's config into the media crate's.
@@ -111,6 +146,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/rooms/{room}/recording",
             post(crate::recording_api::set_recording).get(crate::recording_api::get_recording),
         )
+        .merge(crate::api::routes(&state))
         .route("/healthz", get(crate::metrics::healthz))
         .route("/readyz", get(crate::metrics::readyz))
         .route("/metrics", get(crate::metrics::metrics))
@@ -169,7 +205,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = AppState::new(cfg.clone(), shutdown_rx.clone());
+    let (store, store_task) = open_store(&cfg).await?;
+    let state = AppState::new(cfg.clone(), shutdown_rx.clone(), store);
+    crate::api::warn_about_auth(&cfg);
     let router = app(state.clone());
     let handle = axum_server::Handle::new();
     let tls = cfg.server.tls_cert.is_some();
@@ -212,7 +250,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     };
 
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let calls_task = state.calls.spawn();
     let recorders_task = state.recorders.spawn(shutdown_rx.clone());
+    let calls = state.calls.clone();
+    let store = state.store.clone();
     let sfu = state.sfu.clone();
     let ready = state.ready.clone();
     let mut rx = shutdown_rx;
@@ -239,6 +280,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         {
             tracing::error!("recordings were not finalised within 30 s");
         }
+        // Every event of the recordings and rooms reaches the store; what the database cannot
+        // take now stays in the outbox.
+        calls.drain().await;
+        let pending = tokio::time::timeout(Duration::from_secs(10), store.flush())
+            .await
+            .unwrap_or(usize::MAX);
+        if pending > 0 {
+            tracing::warn!(pending, "writes left in the outbox for the next start");
+        }
+        calls_task.abort();
+        drop(calls);
+        drop(store);
+        // The store task keeps running until the process ends (handlers still hold handles).
+        drop(store_task);
         handle.graceful_shutdown(Some(Duration::from_secs(1)));
         match tokio::time::timeout(grace + Duration::from_secs(2), server).await {
             Ok(Ok(r)) => r.context("HTTP server")?,

@@ -52,6 +52,23 @@ fn sdp_body(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Strin
     Ok(sdp.to_string())
 }
 
+/// WHIP/WHEP carry the join token as `Authorization: Bearer` (RFC 9725 section 4.5).
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+) -> Result<Option<crate::auth::Claims>, AppError> {
+    if !state.cfg.auth.enabled {
+        return Ok(None);
+    }
+    let res = match crate::auth::bearer(headers) {
+        None => Err(crate::auth::TokenError::Missing),
+        Some(t) => state.tokens.verify(t).and_then(|c| c.for_room(room)),
+    };
+    res.map(Some)
+        .map_err(|e| AppError::Unauthorized(format!("{}: {e}", e.code())))
+}
+
 fn room_ok(room: &str) -> Result<(), AppError> {
     validate_room_name(room).map_err(|e| AppError::BadRequest(e.message))
 }
@@ -90,6 +107,7 @@ pub async fn whip_post(
     body: Bytes,
 ) -> Result<Response, AppError> {
     room_ok(&room)?;
+    let claims = authorize(&state, &headers, &room)?;
     let offer = sdp_body(&state, &headers, &body)?;
     let role: Option<Role> = match q.role.as_deref() {
         None => None,
@@ -105,16 +123,34 @@ pub async fn whip_post(
         .map(|n| n.trim().chars().take(64).collect::<String>())
         .filter(|n| !n.is_empty() && !n.chars().any(char::is_control))
         .unwrap_or_else(|| "WHIP".to_string());
+    let role = match &claims {
+        Some(c) => c.role.clone(),
+        None => role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+    };
+    let token_call = claims
+        .as_ref()
+        .and_then(|c| c.call_id.as_deref())
+        .and_then(|c| uuid::Uuid::parse_str(c).ok());
+    if state.calls.ensure(&room, token_call).is_err() {
+        return Err(AppError::coded(
+            StatusCode::CONFLICT,
+            "call_ended",
+            "this call has ended",
+        ));
+    }
     let (id, answer) = state
         .sfu
-        .whip_publish(
-            &room,
-            name,
-            role.map(|r| r.as_str().to_string()).unwrap_or_default(),
-            offer,
-        )
+        .whip_publish(&room, name.clone(), role.clone(), offer)
         .await
         .map_err(map_sfu)?;
+    state.calls.joined(
+        &room,
+        &id,
+        media::ParticipantKind::Whip,
+        &role,
+        &name,
+        claims.as_ref().map(|c| c.sub.as_str()),
+    );
     Ok(created(format!("/whip/{room}/{id}"), answer))
 }
 
@@ -136,6 +172,7 @@ pub async fn whep_post(
     body: Bytes,
 ) -> Result<Response, AppError> {
     room_ok(&room)?;
+    authorize(&state, &headers, &room)?;
     let offer = sdp_body(&state, &headers, &body)?;
     let (sub, answer) = state
         .sfu

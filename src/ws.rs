@@ -40,6 +40,7 @@ pub fn leave_reason(r: MediaLeave) -> LeaveReason {
         MediaLeave::KeepaliveTimeout => LeaveReason::KeepaliveTimeout,
         MediaLeave::ServerShutdown => LeaveReason::ServerShutdown,
         MediaLeave::Kicked => LeaveReason::Kicked,
+        MediaLeave::CallEnded => LeaveReason::CallEnded,
     }
 }
 
@@ -115,6 +116,53 @@ fn sfu_error(e: &SfuError, ty: &str) -> SignalError {
     SignalError::new(code, msg).reply_to(ty)
 }
 
+/// Check a join's token when auth is on: `Ok(None)` when auth is off.
+pub fn authorize(
+    state: &AppState,
+    room: &str,
+    token: Option<&str>,
+) -> Result<Option<crate::auth::Claims>, SignalError> {
+    if !state.cfg.auth.enabled {
+        return Ok(None);
+    }
+    let res = match token {
+        None => Err(crate::auth::TokenError::Missing),
+        Some(t) => state.tokens.verify(t).and_then(|c| c.for_room(room)),
+    };
+    res.map(Some).map_err(|e| {
+        tracing::debug!(code = e.code(), "join refused");
+        SignalError::new(ErrorCode::Unauthorized, format!("{}: {e}", e.code()))
+    })
+}
+
+/// The `ice_servers` of `joined`: configured STUN/TURN URLs, and TURN with REST credentials
+/// for this participant when a TURN secret is configured.
+fn ice_servers(cfg: &crate::config::Config, user: &str) -> Vec<IceServer> {
+    let mut out = Vec::new();
+    if !cfg.signaling.ice_servers.is_empty() {
+        out.push(IceServer {
+            urls: cfg.signaling.ice_servers.clone(),
+            username: None,
+            credential: None,
+        });
+    }
+    let urls = cfg.turn_urls();
+    if !cfg.turn.shared_secret.is_empty() && !urls.is_empty() {
+        let c = crate::auth::turn_credentials(
+            &cfg.turn.shared_secret,
+            user,
+            Duration::from_secs(cfg.turn.credential_ttl_secs),
+            crate::auth::unix_now(),
+        );
+        out.push(IceServer {
+            urls,
+            username: Some(c.username),
+            credential: Some(c.credential),
+        });
+    }
+    out
+}
+
 struct Conn {
     state: AppState,
     out: mpsc::UnboundedSender<Message>,
@@ -181,35 +229,62 @@ impl Conn {
                 room,
                 display_name,
                 role,
-                token: _,
+                token,
                 record,
             } => {
+                let claims = match authorize(&self.state, &room, token.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.session.join_failed();
+                        return self.error(&e.reply_to("join"));
+                    }
+                };
+                // The token decides the role; without auth the client may say.
+                let role = match &claims {
+                    Some(c) => c.role.clone(),
+                    None => role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                };
+                let identity = claims.as_ref().map(|c| c.sub.clone());
+                let token_call = claims
+                    .as_ref()
+                    .and_then(|c| c.call_id.as_deref())
+                    .and_then(|c| uuid::Uuid::parse_str(c).ok());
+                if self.state.calls.ensure(&room, token_call).is_err() {
+                    self.session.join_failed();
+                    return self.error(
+                        &SignalError::new(ErrorCode::CallEnded, "this call has ended")
+                            .reply_to("join"),
+                    );
+                }
                 if let Some(r) = record {
                     self.state.recorders.prefer(&room, r);
                 }
                 let joined = self.state.sfu.join(
                     &room,
-                    display_name,
-                    role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                    display_name.clone(),
+                    role.clone(),
                     ParticipantKind::Signaling,
                 );
                 match joined {
                     Ok((p, others)) => {
+                        self.state.calls.joined(
+                            &room,
+                            &p.id,
+                            ParticipantKind::Signaling,
+                            &role,
+                            &display_name,
+                            identity.as_deref(),
+                        );
                         let any_publishing = others.iter().any(|m| m.publishing);
                         self.session.joined_ok(room.clone(), p.id.to_string());
                         self.send(&ServerMessage::Joined {
                             room,
                             participant_id: p.id.to_string(),
                             participants: others.iter().map(info).collect(),
-                            ice_servers: if self.state.cfg.signaling.ice_servers.is_empty() {
-                                Vec::new()
-                            } else {
-                                vec![IceServer {
-                                    urls: self.state.cfg.signaling.ice_servers.clone(),
-                                    username: None,
-                                    credential: None,
-                                }]
-                            },
+                            ice_servers: ice_servers(
+                                &self.state.cfg,
+                                identity.as_deref().unwrap_or(&display_name),
+                            ),
                         });
                         self.participant = Some(p);
                         if any_publishing && self.session.subscribe.request() {

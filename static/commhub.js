@@ -94,8 +94,10 @@ export class CommhubError extends Error {
 
 /**
  * @typedef {object} ClientOptions
- * @property {RTCIceServer[]} [iceServers]   ICE servers for both peer connections; the ones the
- *   server sends in `joined.ice_servers` are appended. Default: none.
+ * @property {RTCIceServer[]} [iceServers]   ICE servers for both peer connections (e.g. the
+ *   `iceServers` of a token response); the ones the server sends in `joined.ice_servers` are
+ *   appended, an entry with the same `urls` replacing the one given here. May also be set as
+ *   `client.iceServers` before `join()`. Default: none.
  * @property {number} [requestTimeoutMs]     How long join/publish/leave wait for their answer
  *   (default 15000).
  * @property {number} [connectTimeoutMs]     How long to wait for the socket and `welcome`
@@ -417,7 +419,16 @@ export class CommhubClient extends EventTarget {
   // ---------------------------------------------------------------------------------------------
 
   _rtcConfig() {
-    return { iceServers: [...this.iceServers, ...this._serverIceServers] };
+    // The same server may come from both sides (e.g. the iceServers of a token response and
+    // `joined.ice_servers`); keep one entry per URL list, the later (server-sent, fresher
+    // credentials) one winning, in first-seen order.
+    const byUrls = new Map();
+    for (const s of [...this.iceServers, ...this._serverIceServers]) {
+      if (!s || s.urls === undefined) continue;
+      const urls = Array.isArray(s.urls) ? s.urls : [s.urls];
+      byUrls.set(JSON.stringify([...urls].sort()), s);
+    }
+    return { iceServers: [...byUrls.values()] };
   }
 
   _emit(type, detail) {

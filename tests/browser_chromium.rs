@@ -41,7 +41,13 @@ fn write_tone(path: &Path, hz: f64, seconds: f64) {
 async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
     // With the shipped default: the room is recorded, so a `system` participant (the consent
     // announcement and beeps) is in the room too.
-    let srv = common::server(|c| c.recording.enabled = true).await;
+    // The demo as a developer runs it: auth on, dev mode gives the page its join tokens.
+    let srv = common::server(|c| {
+        c.recording.enabled = true;
+        c.auth.enabled = true;
+        c.auth.dev_mode = true;
+    })
+    .await;
     let out = repo().join("target/test-artifacts");
     std::fs::create_dir_all(&out).expect("artifacts dir");
     let (wa, wb) = (out.join("tone-440.wav"), out.join("tone-880.wav"));

@@ -47,6 +47,8 @@ pub enum LeaveReason {
     KeepaliveTimeout,
     ServerShutdown,
     Kicked,
+    /// The call was ended through the API.
+    CallEnded,
 }
 
 /// What the room knows of a participant.

@@ -138,6 +138,13 @@ pub enum RoomEvent {
         room: String,
         participant: String,
     },
+    /// A participant (not the server's own system source) left the room. Sent before the
+    /// room's `Closed` when it was the last.
+    Left {
+        room: String,
+        participant: String,
+        reason: LeaveReason,
+    },
 }
 
 struct Room {
@@ -623,6 +630,18 @@ impl Sfu {
         for (_, tx) in resources {
             let _ = tx.send(LeaveReason::ServerShutdown);
         }
+    }
+
+    /// Remove every participant of a room (e.g. the call ended). Returns how many were told.
+    pub fn end_room(&self, room: &str, reason: LeaveReason) -> usize {
+        let Some(r) = lock(&self.inner.rooms).get(room).cloned() else {
+            return 0;
+        };
+        let st = lock(&r.state);
+        st.members
+            .values()
+            .filter(|tx| tx.send(ParticipantEvent::Removed(reason)).is_ok())
+            .count()
     }
 
     /// Remove a participant by id (e.g. the call ended). False when not found.
@@ -1459,6 +1478,11 @@ impl Participant {
         }
         drop(st);
         lock(&self.room.levels).remove(&self.id);
+        let _ = self.sfu.inner.room_events.send(RoomEvent::Left {
+            room: self.room.name.to_string(),
+            participant: self.id.to_string(),
+            reason,
+        });
         self.sfu.drop_room_if_closed(&self.room);
         tracing::info!(room = %self.room.name, participant = %self.id, ?reason, "left");
     }

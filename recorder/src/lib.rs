@@ -91,7 +91,10 @@ pub use consent::{
     BeepConfig, ConsentEvent, ConsentKind, beep_pcm, encode_opus_frames, load_announcement,
 };
 pub use error::RecorderError;
-pub use mp3::MP3_SAMPLE_RATE;
+/// The encoders on their own, for audio that does not come from a call's packets (e.g. a
+/// PBX upload converted to the FLAC + MP3 pair): 2 channels, 48 kHz, 16 bit in.
+pub use flac::FlacWriter;
+pub use mp3::{MP3_SAMPLE_RATE, Mp3Writer};
 pub use recording::{
     ParticipantChannel, Recording, RecordingConfig, RecordingMeta, RecordingStats, Summary,
     pending_journals, recover,

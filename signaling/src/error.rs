@@ -22,6 +22,8 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// Missing, expired, forged or other-room token.
     Unauthorized,
+    /// The call this room belongs to has ended.
+    CallEnded,
     /// The room or server is at capacity.
     Capacity,
     /// Binary frames are not part of the protocol.
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::CallEnded => "call_ended",
             ErrorCode::Capacity => "capacity",
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::Internal => "internal",

@@ -297,6 +297,8 @@ pub enum LeaveReason {
     ServerShutdown,
     /// Removed by the server (e.g. call ended).
     Kicked,
+    /// The call was ended (call-end).
+    CallEnded,
 }
 
 impl LeaveReason {
@@ -308,6 +310,7 @@ impl LeaveReason {
             LeaveReason::KeepaliveTimeout => "keepalive_timeout",
             LeaveReason::ServerShutdown => "server_shutdown",
             LeaveReason::Kicked => "kicked",
+            LeaveReason::CallEnded => "call_ended",
         }
     }
 }

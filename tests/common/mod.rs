@@ -21,8 +21,14 @@ pub fn test_config() -> Config {
     // Recording is on in the shipped config; tests of other features switch it off for
     // determinism, and the recording and browser tests switch it on.
     cfg.recording.enabled = false;
-    cfg.recording.storage_root =
-        std::env::temp_dir().join(format!("commhub-test-{}", rand::random::<u32>()));
+    let root = std::env::temp_dir().join(format!("commhub-test-{}", rand::random::<u32>()));
+    cfg.recording.storage_root = root.clone();
+    // The embedded SQLite store in the test's own directory; tests of the store and the API
+    // switch to PostgreSQL (see `postgres_url`) and turn auth on.
+    cfg.database.sqlite_path = root.join("commhub.db");
+    cfg.database.outbox_path = root.join("outbox.jsonl");
+    // Media tests join without tokens; the auth tests turn it on.
+    cfg.auth.enabled = false;
     cfg
 }
 
