@@ -321,6 +321,8 @@ impl Calls {
         while self.inner.sfu.participants(room).is_some() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The recording's last events and the leaves become ops before the end.
+        self.drain().await;
         let d = self
             .inner
             .store

@@ -251,6 +251,8 @@ pub type RtpFn = Arc<dyn Fn(&rtp::Packet) + Send + Sync>;
 pub struct MediaHooks {
     pub payload: Option<PayloadFn>,
     pub on_rtp: Option<RtpFn>,
+    /// Join token (servers with auth on) and the role to ask for without one.
+    pub token: Option<String>,
 }
 
 /// One received packet.
@@ -292,8 +294,11 @@ impl Client {
         hooks: MediaHooks,
     ) -> anyhow::Result<Client> {
         let mut ws = Ws::connect(ws_url).await?;
-        ws.send(json!({"type":"join","room":room,"display_name":name,"role":"customer"}))
-            .await?;
+        let mut join = json!({"type":"join","room":room,"display_name":name,"role":"customer"});
+        if let Some(t) = &hooks.token {
+            join["token"] = json!(t);
+        }
+        ws.send(join).await?;
         let joined = ws.expect("joined").await?;
         let id = joined["participant_id"]
             .as_str()

@@ -145,3 +145,102 @@ pub fn json_body(body: &str) -> serde_json::Value {
         _ => serde_json::Value::Null,
     }
 }
+
+/// The PostgreSQL server tests use: `COMMHUB_TEST_DATABASE_URL` (scripts/test.sh sets it to
+/// the local cluster that `.ci/run` starts), a role allowed to create databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("COMMHUB_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "COMMHUB_TEST_DATABASE_URL is not set: the store tests need a real PostgreSQL. \
+             Run them through scripts/test.sh (after scripts/setup-test-deps.sh), or set it to \
+             e.g. postgres://commhub:commhub@127.0.0.1:5432/postgres"
+        )
+    })
+}
+
+/// A fresh, empty database on the test PostgreSQL server; returns its URL.
+pub async fn fresh_postgres() -> String {
+    use sqlx::Executor;
+    let admin = postgres_admin_url();
+    let name = format!("commhub_test_{}", rand::random::<u64>());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL ({admin}): {e}"));
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create test database");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("database URL with a path");
+    format!("{base}/{name}")
+}
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Point `cfg` at a fresh database of `backend`.
+pub async fn use_backend(cfg: &mut Config, backend: Backend) {
+    match backend {
+        Backend::Sqlite => cfg.database.url.clear(),
+        Backend::Postgres => cfg.database.url = fresh_postgres().await,
+    }
+}
+
+/// An HTTP exchange through the `curl` command line (a client this project did not write).
+/// It blocks: call it from a multi-threaded test runtime.
+/// Returns status, headers (lowercased names) and body.
+pub fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("commhub-curl-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (h, b) = (dir.join("h"), dir.join("b"));
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-S",
+            "-o",
+            b.to_str().expect("path"),
+            "-D",
+            h.to_str().expect("path"),
+        ])
+        .args(["-w", "%{http_code}", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl runs (apt install curl)");
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let headers = std::fs::read_to_string(&h)
+        .unwrap_or_default()
+        .to_lowercase();
+    let body = std::fs::read(&b).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status, headers, body)
+}
+
+/// `curl` returning the body as JSON.
+pub fn curl_json(args: &[&str]) -> (u16, serde_json::Value) {
+    let (s, _, b) = curl(args);
+    (
+        s,
+        serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The SHA-256 of a file by `sha256sum`.
+pub fn sha256sum(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

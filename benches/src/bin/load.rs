@@ -193,6 +193,7 @@ impl Run {
                 on_rtp: Some(Arc::new(move |pkt| {
                     inbox2.on_payload(&meter2, &pkt.payload)
                 })),
+                token: None,
             }
         };
         let others: Vec<u32> = lock(&self.rooms).get(&room).cloned().unwrap_or_default();
