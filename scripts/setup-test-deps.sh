@@ -4,7 +4,10 @@
 #     flac for the recorder's tests (flac -t, metaflac), cmake/pkg-config/libssl-dev for -sys
 #     crates),
 #   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
-#   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium).
+#   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium),
+#   - PostgreSQL: the machine's cluster is started (or the server installed and a cluster
+#     created) with a `commhub` role that may create databases, for the store tests
+#     (COMMHUB_TEST_DATABASE_URL, set by scripts/test.sh); coturn for the TURN test.
 # Idempotent and quick when everything is already there. Used by .ci/run; developers can run
 # it directly. Environment: SKIP_APT=1 skips the Debian part, PYTHON picks the interpreter.
 set -euo pipefail
@@ -19,6 +22,7 @@ APT_PACKAGES=(
   chromium sox ffmpeg flac
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
+  postgresql coturn curl openssl
 )
 
 SUDO=""
@@ -103,6 +107,42 @@ if [ -f "$BROWSER/package.json" ]; then
   fi
 else
   step "npm: no tests/browser/package.json; skipped"
+fi
+
+
+# ---------------------------------------------------------------- PostgreSQL
+# The store tests create one database per test through a role that may create databases.
+if [ "${SKIP_POSTGRES:-0}" = "1" ]; then
+  step "postgres: skipped (SKIP_POSTGRES=1)"
+else
+  ver="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n1)"
+  if [ -z "$ver" ]; then
+    echo "setup-test-deps: no PostgreSQL server under /usr/lib/postgresql" >&2
+    exit 1
+  fi
+  if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+    step "postgres: creating cluster $ver/main"
+    $SUDO pg_createcluster "$ver" main
+  fi
+  cluster="$(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}')"
+  if pg_lsclusters -h | awk 'NR==1 {print $4}' | grep -q online; then
+    step "postgres: cluster $cluster already running"
+  else
+    step "postgres: starting cluster $cluster"
+    # shellcheck disable=SC2086
+    $SUDO pg_ctlcluster $cluster start
+  fi
+  port="$(pg_lsclusters -h | awk 'NR==1 {print $3}')"
+  psql_pg() { $SUDO runuser -u postgres -- psql -p "$port" -v ON_ERROR_STOP=1 -tAq "$@"; }
+  if [ "$(psql_pg -c "SELECT 1 FROM pg_roles WHERE rolname = 'commhub'")" != "1" ]; then
+    step "postgres: creating role commhub"
+    psql_pg -c "CREATE ROLE commhub LOGIN CREATEDB PASSWORD 'commhub'"
+  fi
+  # Databases left by earlier test runs.
+  for db in $(psql_pg -c "SELECT datname FROM pg_database WHERE datname LIKE 'commhub_test_%'"); do
+    psql_pg -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
+  done
+  echo "    PostgreSQL $ver on port $port; tests use postgres://commhub:commhub@127.0.0.1:$port/postgres"
 fi
 
 step "done"

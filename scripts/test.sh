@@ -14,12 +14,17 @@ fi
 
 export COMMHUB_TEST_PYTHON="${COMMHUB_TEST_PYTHON:-$REPO/.venv/bin/python}"
 export COMMHUB_TEST_NODE="${COMMHUB_TEST_NODE:-node}"
+# The PostgreSQL the store tests use (setup-test-deps.sh starts it and creates the role).
+if [ -z "${COMMHUB_TEST_DATABASE_URL:-}" ]; then
+  pg_port="$(pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $3}')"
+  export COMMHUB_TEST_DATABASE_URL="postgres://commhub:commhub@127.0.0.1:${pg_port:-5432}/postgres"
+fi
 
 if [ ! -x "$COMMHUB_TEST_PYTHON" ] && ! command -v "$COMMHUB_TEST_PYTHON" >/dev/null 2>&1; then
   echo "test.sh: warning: $COMMHUB_TEST_PYTHON not found; run scripts/setup-test-deps.sh" >&2
 fi
 
-echo "==> [test] COMMHUB_TEST_PYTHON=$COMMHUB_TEST_PYTHON COMMHUB_TEST_NODE=$COMMHUB_TEST_NODE"
+echo "==> [test] COMMHUB_TEST_PYTHON=$COMMHUB_TEST_PYTHON COMMHUB_TEST_NODE=$COMMHUB_TEST_NODE COMMHUB_TEST_DATABASE_URL=${COMMHUB_TEST_DATABASE_URL%%:commhub@*}:***@${COMMHUB_TEST_DATABASE_URL#*@}"
 if cargo nextest --version >/dev/null 2>&1; then
   echo "==> [test] cargo nextest run --workspace --no-fail-fast $*"
   exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,374 @@
+//! PostgreSQL stops for 30 s in the middle of a recorded call. The call and the recording go
+//! on, writes wait in the durable outbox, and once the database is back every row is there
+//! exactly once.
+//!
+//! The test runs a PostgreSQL cluster of its own (initdb + pg_ctl of the installed server, on a
+//! free port, loopback only) so stopping it disturbs no other test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Client, MediaHooks, curl, curl_json, eventually, server, sha256sum};
+use serde_json::{Value, json};
+
+const API_KEY: &str = "test-api-key-0123456789";
+
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt install postgresql)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL version with pg_ctl")
+}
+
+impl Cluster {
+    fn cmd(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(tool);
+        let mut c = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        c.args(args).output().expect("run a PostgreSQL tool")
+    }
+
+    fn new() -> Cluster {
+        let as_postgres =
+            String::from_utf8_lossy(&Command::new("id").arg("-u").output().expect("id").stdout)
+                .trim()
+                == "0";
+        let dir = std::env::temp_dir().join(format!("commhub-pg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        if as_postgres {
+            // initdb refuses to run as root.
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let c = Cluster {
+            bin: pg_bin(),
+            dir,
+            port,
+            as_postgres,
+        };
+        let out = c.cmd(
+            "initdb",
+            &[
+                "-D",
+                c.data().to_str().expect("p"),
+                "-U",
+                "commhub",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.start();
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://commhub@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        let out = self.cmd(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().expect("p"),
+                "-l",
+                log.to_str().expect("p"),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn stop(&self) {
+        let out = self.cmd(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().expect("p"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.cmd(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap_or(""),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let (_, _, body) = curl(&[&format!("{base}/metrics")]);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    curl_json(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {API_KEY}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body.to_string(),
+        url,
+    ])
+}
+
+fn sidecar_consent(root: &Path, flac_key: &str) -> Vec<Value> {
+    let p = root.join(flac_key).with_extension("json");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(&p).expect("sidecar")).expect("sidecar JSON");
+    v["consent_events"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_thirty_seconds_mid_call_loses_and_duplicates_nothing() {
+    let pg = Cluster::new();
+    let url = pg.url();
+    let srv = server(move |c| {
+        c.database.url = url;
+        c.database.connect_timeout_secs = 2;
+        c.database.retry_interval_ms = 500;
+        c.auth.enabled = true;
+        c.auth.api_keys = vec![API_KEY.into()];
+        c.recording.enabled = true;
+        c.recording.beep_interval_ms = 2000;
+    })
+    .await;
+    let base = srv.http_url();
+    let root = srv.state.cfg.recording.storage_root.clone();
+
+    let (st, created) = post(
+        &format!("{base}/functions/v1/call-create"),
+        &json!({"identity": "agent-1", "role": "agent"}),
+    );
+    assert_eq!(st, 201, "{created}");
+    let call_id = created["call_id"].as_str().expect("id").to_string();
+    let room = created["room"].as_str().expect("room").to_string();
+    let token = |who: &str, role: &str| {
+        let (st, t) = post(
+            &format!("{base}/api/v1/calls/{call_id}/tokens"),
+            &json!({"identity": who, "role": role}),
+        );
+        assert_eq!(st, 201, "{t}");
+        MediaHooks {
+            token: t["token"].as_str().map(str::to_string),
+            ..Default::default()
+        }
+    };
+    let ws = srv.ws_url();
+    let agent_hooks = MediaHooks {
+        token: created["token"].as_str().map(str::to_string),
+        ..Default::default()
+    };
+    let a = Client::join_with(&ws, &room, "Agent", 1, agent_hooks)
+        .await
+        .expect("agent");
+    let b = Client::join_with(&ws, &room, "Customer", 2, token("cust-1", "customer"))
+        .await
+        .expect("customer");
+    let c_hooks = token("supervisor-1", "supervisor");
+    assert!(
+        eventually(Duration::from_secs(10), || b.count_from(&a.id) > 20).await,
+        "media flows"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || srv
+            .state
+            .calls
+            .call_of_room(&room)
+            .is_some())
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        srv.state.store.flush().await,
+        0,
+        "all written before the outage"
+    );
+
+    // PostgreSQL goes away for 30 s.
+    pg.stop();
+    let down = Instant::now();
+    let heard_before = b.count_from(&a.id);
+    // Someone joins and leaves while it is down.
+    let c = Client::join_with(&ws, &room, "Supervisor", 3, c_hooks)
+        .await
+        .expect("a join works without the database");
+    assert!(
+        eventually(Duration::from_secs(10), || c.count_from(&a.id) > 20).await,
+        "the late joiner hears the call"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &base,
+            "commhub_store_outbox_pending"
+        ) > 0.0)
+        .await,
+        "writes wait in the outbox"
+    );
+    assert_eq!(metric(&base, "commhub_store_degraded"), 1.0);
+    let (st, e) = curl_json(&[
+        "-H",
+        &format!("Authorization: Bearer {API_KEY}"),
+        &format!("{base}/api/v1/calls/{call_id}"),
+    ]);
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (503, Some("database_unavailable")),
+        "{e}"
+    );
+    c.leave().await;
+    let left = down.elapsed();
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(left)).await;
+    let heard_during = b.count_from(&a.id) - heard_before;
+    assert!(
+        heard_during > 30 * 40,
+        "the call went on during the outage: {heard_during} packets in 30 s"
+    );
+    assert!(
+        srv.state.recorders.active(&room).is_some(),
+        "still recording"
+    );
+    let pending = metric(&base, "commhub_store_outbox_pending");
+
+    // Back.
+    pg.start();
+    assert!(
+        eventually(Duration::from_secs(15), || metric(
+            &base,
+            "commhub_store_outbox_pending"
+        ) == 0.0)
+        .await,
+        "the outbox ({pending} writes) empties once the database is back"
+    );
+    assert_eq!(metric(&base, "commhub_store_degraded"), 0.0);
+    assert_eq!(metric(&base, "commhub_store_rejected_total"), 0.0);
+
+    let (st, ended) = post(
+        &format!("{base}/functions/v1/call-end"),
+        &json!({"call_id": call_id}),
+    );
+    assert_eq!(st, 200, "{ended}");
+    let (st, d) = curl_json(&[
+        "-H",
+        &format!("Authorization: Bearer {API_KEY}"),
+        &format!("{base}/api/v1/calls/{call_id}"),
+    ]);
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(d["call"]["status"], "ended");
+    assert!(d["call"]["duration_sec"].as_i64().expect("duration") >= 30);
+    let ps = d["participants"].as_array().expect("participants");
+    assert_eq!(ps.len(), 3, "each participant exactly once: {ps:?}");
+    let sup = ps
+        .iter()
+        .find(|p| p["identity"] == "supervisor-1")
+        .expect("the participant who came and went during the outage");
+    assert_eq!(sup["leave_reason"], "left");
+    let recs = d["recordings"].as_array().expect("recordings");
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let r = &recs[0];
+    assert_eq!(r["status"], "ready");
+    let flac_key = r["flac_key"].as_str().expect("key");
+    assert_eq!(
+        r["flac_sha256"].as_str(),
+        Some(sha256sum(&root.join(flac_key)).as_str())
+    );
+    assert!(r["duration_sec"].as_f64().expect("d") >= 30.0);
+    // Consent events: exactly the ones the recording rendered, once each.
+    let from_file = sidecar_consent(&root, flac_key);
+    let rows = d["consent_events"].as_array().expect("consent");
+    assert!(
+        from_file.len() >= 15,
+        "beeps every 2 s for 30+ s: {}",
+        from_file.len()
+    );
+    assert_eq!(rows.len(), from_file.len(), "one row per consent event");
+    let mut offsets: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r["offset_ms"].as_i64())
+        .collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(offsets.len(), rows.len(), "no duplicates");
+
+    a.leave().await;
+    b.leave().await;
+    srv.stop().await.expect("stop");
+}
