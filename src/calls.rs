@@ -43,6 +43,8 @@ pub fn room_for(call_id: &Uuid) -> String {
 struct Live {
     call_id: Uuid,
     adhoc: bool,
+    /// When the entry was made, or the call ended.
+    since: std::time::Instant,
     present: usize,
     activated: bool,
     answered: bool,
@@ -54,6 +56,7 @@ impl Live {
         Live {
             call_id,
             adhoc,
+            since: std::time::Instant::now(),
             present: 0,
             activated: false,
             answered: false,
@@ -81,6 +84,9 @@ struct Inner {
     sfu: Sfu,
     recorders: Recorders,
     rooms: Mutex<HashMap<String, Live>>,
+    /// How long a join token lives: an ended (or never used) call is forgotten after this,
+    /// when no token issued for it can still be valid.
+    token_ttl: Duration,
     /// participant id -> call id, while present.
     participants: Mutex<HashMap<String, Uuid>>,
     /// recording id -> (call id, start), for consent events.
@@ -108,13 +114,14 @@ pub struct NewCall {
 }
 
 impl Calls {
-    pub fn new(store: StoreHandle, sfu: Sfu, recorders: Recorders) -> Self {
+    pub fn new(store: StoreHandle, sfu: Sfu, recorders: Recorders, token_ttl: Duration) -> Self {
         let calls = Calls {
             inner: Arc::new(Inner {
                 store,
                 sfu,
                 recorders: recorders.clone(),
                 rooms: Mutex::new(HashMap::new()),
+                token_ttl,
                 participants: Mutex::new(HashMap::new()),
                 recordings: Mutex::new(HashMap::new()),
                 drain: Mutex::new(None),
@@ -151,7 +158,13 @@ impl Calls {
             end_reason: None,
             duration_sec: None,
         };
-        lock(&self.inner.rooms).insert(call.room.clone(), Live::new(id, false));
+        {
+            let mut rooms = lock(&self.inner.rooms);
+            let ttl = self.inner.token_ttl;
+            // Forget calls that ended (or were never joined) longer ago than any token lives.
+            rooms.retain(|_, l| (!l.ended && l.activated) || l.since.elapsed() < ttl);
+            rooms.insert(call.room.clone(), Live::new(id, false));
+        }
         self.inner.recorders.prefer(&call.room, req.record);
         let d = self
             .inner
@@ -287,6 +300,7 @@ impl Calls {
                 rooms.remove(room);
             } else {
                 l.ended = true;
+                l.since = std::time::Instant::now();
             }
             id
         };
@@ -311,6 +325,7 @@ impl Calls {
             let l = rooms
                 .entry(room.to_string())
                 .or_insert_with(|| Live::new(call_id, false));
+            l.since = std::time::Instant::now();
             !std::mem::replace(&mut l.ended, true)
         };
         self.inner.sfu.end_room(room, LeaveReason::CallEnded);

@@ -46,7 +46,12 @@ impl AppState {
             recording_config(&cfg),
             cfg.recording.enabled,
         );
-        let calls = crate::calls::Calls::new(store.clone(), sfu.clone(), recorders.clone());
+        let calls = crate::calls::Calls::new(
+            store.clone(),
+            sfu.clone(),
+            recorders.clone(),
+            Duration::from_secs(cfg.auth.token_ttl_secs),
+        );
         let tokens = if cfg.auth.jwt_secret.is_empty() {
             TokenKey::random()
         } else {

@@ -749,3 +749,55 @@ async fn dev_mode_hands_the_demo_page_tokens() {
     c.leave().await;
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_command_creates_the_schema_on_both_backends() {
+    let mut cfg = test_config();
+    use_backend(&mut cfg, Backend::Postgres).await;
+    let sqlite = cfg.recording.storage_root.join("m.db");
+    for (var, value) in [
+        ("DATABASE_URL", cfg.database.url.clone()),
+        (
+            "COMMHUB_DATABASE__SQLITE_PATH",
+            sqlite.display().to_string(),
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_commhub"))
+            .args(["--config", "/dev/null", "migrate"])
+            .env(var, &value)
+            .output()
+            .expect("commhub migrate");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{var}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for t in commhub::store::TABLES {
+            assert!(
+                text.contains(&format!("  {t:<20} 0 rows")),
+                "{var}: {t}: {text}"
+            );
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("commhub:commhub"),
+            "no password in the output: {err}"
+        );
+    }
+    assert!(sqlite.exists());
+    // A database that is not there is a clear error, not a hang.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_commhub"))
+        .args(["--config", "/dev/null", "migrate"])
+        .env("DATABASE_URL", "postgres://nobody:secret@127.0.0.1:1/none")
+        .env("COMMHUB_DATABASE__CONNECT_TIMEOUT_SECS", "2")
+        .output()
+        .expect("commhub migrate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(
+        !err.contains("secret"),
+        "the password stays out of errors: {err}"
+    );
+}
