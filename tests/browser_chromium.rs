@@ -62,7 +62,14 @@ async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
     );
     let child = tokio::process::Command::new(node)
         .arg("chromium_test.mjs")
-        .args(["--base", &srv.http_url(), "--room", "chromium-room"])
+        .args([
+            "--base",
+            &srv.http_url(),
+            "--room",
+            "chromium-room",
+            "--timeout",
+            "100",
+        ])
         .arg("--wav-a")
         .arg(&wa)
         .arg("--wav-b")
@@ -101,5 +108,14 @@ async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
         assert!(seen.iter().any(|x| x["role"] == "system"), "{p}");
         assert!(Path::new(p["screenshot"].as_str().unwrap_or("")).exists());
     }
+    // The demo page's "Past calls" listed the call and loaded its recording.
+    let h = &j["history"];
+    eprintln!("history: {h}");
+    assert!(h["audio"]["duration"].as_f64().unwrap_or(0.0) > 1.0, "{h}");
+    let src = h["audio"]["src"].as_str().unwrap_or("");
+    assert!(
+        src.contains("/api/v1/recordings/") && src.ends_with("/mp3"),
+        "{h}"
+    );
     srv.stop().await.expect("stop");
 }

@@ -19,7 +19,7 @@ use common::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const API_KEY: &str = "test-api-key-0123456789";
+use common::TEST_API_KEY as API_KEY;
 const JWT_SECRET: &str = "test-jwt-secret";
 const TURN_SECRET: &str = "test-turn-secret";
 
@@ -311,24 +311,7 @@ fn key_header() -> String {
     format!("Authorization: Bearer {API_KEY}")
 }
 
-/// POST JSON with the API key.
-fn post(url: &str, body: &Value) -> (u16, Value) {
-    curl_json(&[
-        "-X",
-        "POST",
-        "-H",
-        &key_header(),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body.to_string(),
-        url,
-    ])
-}
-
-fn get(url: &str) -> (u16, Value) {
-    curl_json(&["-H", &key_header(), url])
-}
+use common::{api_get as get, api_post as post};
 
 async fn api_call_flow(backend: Backend) {
     let mut cfg = test_config();

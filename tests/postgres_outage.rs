@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, MediaHooks, curl, curl_json, eventually, server, sha256sum};
+use common::{Client, MediaHooks, curl, eventually, server, sha256sum};
 use serde_json::{Value, json};
 
-const API_KEY: &str = "test-api-key-0123456789";
+use common::{TEST_API_KEY as API_KEY, api_get, api_post as post};
 
 struct Cluster {
     bin: PathBuf,
@@ -176,20 +176,6 @@ fn metric(base: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn post(url: &str, body: &Value) -> (u16, Value) {
-    curl_json(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body.to_string(),
-        url,
-    ])
-}
-
 fn sidecar_consent(root: &Path, flac_key: &str) -> Vec<Value> {
     let p = root.join(flac_key).with_extension("json");
     let v: Value =
@@ -284,11 +270,7 @@ async fn postgres_down_for_thirty_seconds_mid_call_loses_and_duplicates_nothing(
         "writes wait in the outbox"
     );
     assert_eq!(metric(&base, "commhub_store_degraded"), 1.0);
-    let (st, e) = curl_json(&[
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        &format!("{base}/api/v1/calls/{call_id}"),
-    ]);
+    let (st, e) = api_get(&format!("{base}/api/v1/calls/{call_id}"));
     assert_eq!(
         (st, e["error"]["code"].as_str()),
         (503, Some("database_unavailable")),
@@ -326,11 +308,7 @@ async fn postgres_down_for_thirty_seconds_mid_call_loses_and_duplicates_nothing(
         &json!({"call_id": call_id}),
     );
     assert_eq!(st, 200, "{ended}");
-    let (st, d) = curl_json(&[
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        &format!("{base}/api/v1/calls/{call_id}"),
-    ]);
+    let (st, d) = api_get(&format!("{base}/api/v1/calls/{call_id}"));
     assert_eq!(st, 200, "{d}");
     assert_eq!(d["call"]["status"], "ended");
     assert!(d["call"]["duration_sec"].as_i64().expect("duration") >= 30);

@@ -11,7 +11,7 @@ use common::{Backend, curl_json, server, sha256sum, test_config, use_backend};
 use serde_json::{Value, json};
 
 const PBX_TOKEN: &str = "test-pbx-token-123";
-const API_KEY: &str = "test-api-key-0123456789";
+use common::{TEST_API_KEY as API_KEY, api_get, api_post};
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -150,17 +150,11 @@ async fn upload_suite(backend: Backend) {
     let dir = root.join("inputs");
     std::fs::create_dir_all(&dir).expect("dir");
     // The PBX's call exists.
-    let (st, created) = curl_json(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"kind":"pstn","direction":"inbound","from":"+14155550199","to":"+14155550100"}"#,
+    let (st, created) = api_post(
         &format!("{base}/functions/v1/call-create"),
-    ]);
+        &json!({"kind": "pstn", "direction": "inbound", "from": "+14155550199",
+            "to": "+14155550100"}),
+    );
     assert_eq!(st, 201, "{created}");
     let call_id = created["call_id"].as_str().expect("call").to_string();
 
@@ -332,11 +326,7 @@ async fn upload_suite(backend: Backend) {
         assert_eq!(r["channels"], channels);
         assert_eq!(r["sample_rate"], rate);
     }
-    let (st, detail) = curl_json(&[
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        &format!("{base}/api/v1/calls/{call_id}"),
-    ]);
+    let (st, detail) = api_get(&format!("{base}/api/v1/calls/{call_id}"));
     assert_eq!(st, 200);
     let recs = detail["recordings"].as_array().expect("recordings");
     assert_eq!(recs.len(), 3, "{detail}");

@@ -7,11 +7,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{curl_json, server};
+use common::server;
 use serde_json::json;
 
 const SECRET: &str = "coturn-shared-secret-for-tests";
-const API_KEY: &str = "test-api-key-0123456789";
+use common::{TEST_API_KEY as API_KEY, api_post};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -138,17 +138,10 @@ async fn turn_credentials_are_accepted_by_coturn() {
         c.turn.server_url = format!("turn:127.0.0.1:{turn_port}");
     })
     .await;
-    let (st, created) = curl_json(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("Authorization: Bearer {API_KEY}"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &json!({"identity": "alice"}).to_string(),
+    let (st, created) = api_post(
         &format!("{}/functions/v1/call-create", srv.http_url()),
-    ]);
+        &json!({"identity": "alice"}),
+    );
     assert_eq!(st, 201, "{created}");
     let ice = &created["iceServers"][0];
     assert_eq!(ice["urls"], json!([format!("turn:127.0.0.1:{turn_port}")]));

@@ -432,12 +432,13 @@ impl Store {
                     at,
                     reason,
                 } => {
+                    // Whole seconds, rounded down (julianday is a float: round to ms first).
                     let duration = if pg {
                         "CASE WHEN answered_at IS NULL THEN 0 \
                          ELSE GREATEST(0, floor(extract(epoch FROM ($2 - answered_at))))::integer END"
                     } else {
                         "CASE WHEN answered_at IS NULL THEN 0 \
-                         ELSE max(0, CAST((julianday($2) - julianday(answered_at)) * 86400 AS INTEGER)) END"
+                         ELSE max(0, CAST(round((julianday($2) - julianday(answered_at)) * 86400000) AS INTEGER) / 1000) END"
                     };
                     let sql = format!(
                         "UPDATE calls SET status = 'ended', ended_at = $2, end_reason = $3, \

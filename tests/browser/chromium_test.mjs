@@ -257,6 +257,37 @@ async function main() {
     }
     for (const p of pages) p.state = await readState(p.page);
 
+    // Both leave; the first page's "Past calls" lists the call as ended and plays its
+    // recording (an <audio> element whose MP3 Chromium loads and measures).
+    result.stage = 'history';
+    await Promise.all(pages.map((p) => p.page.click('#leave', { timeout: 5000 })));
+    const page = pages[0].page;
+    const historyDeadline = Date.now() + 30_000;
+    let call = null;
+    for (;;) {
+      const calls = await page.evaluate(() => (window.commhubCalls?.calls || []).map((c) => ({ id: c.id, room: c.room, status: c.status })));
+      call = calls.find((c) => c.room === opts.room && c.status === 'ended');
+      if (call) break;
+      if (Date.now() > historyDeadline) throw new Error(`Past calls never listed room ${opts.room} as ended: ${JSON.stringify(calls)}`);
+      await page.click('#calls-refresh', { timeout: 5000 }).catch(() => {});
+      await sleep(1000);
+    }
+    for (let n = 0; ; n++) {
+      // Clicking the row (again) loads the call's detail; the recording becomes ready shortly
+      // after the call ends.
+      if (n % 4 === 0) await page.click(`tr[data-call-id="${call.id}"]`, { timeout: 5000 });
+      const audio = await page.evaluate(() => {
+        const a = document.querySelector('#call-detail audio');
+        return a ? { src: a.currentSrc || a.src, readyState: a.readyState, duration: a.duration } : null;
+      });
+      if (audio && audio.readyState >= 1 && audio.duration > 1) {
+        result.history = { call_id: call.id, audio };
+        break;
+      }
+      if (Date.now() > historyDeadline) throw new Error(`the recording of call ${call.id} did not load in Past calls: ${JSON.stringify(audio)}`);
+      await sleep(500);
+    }
+
     result.stage = 'screenshot';
     await Promise.all(pages.map((p) => p.page.screenshot({ path: p.shot, timeout: 10_000 })));
     fillPages(result, pages);

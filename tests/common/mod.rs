@@ -244,3 +244,26 @@ pub fn sha256sum(path: &std::path::Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The API key the API tests configure (`auth.api_keys`).
+pub const TEST_API_KEY: &str = "test-api-key-0123456789";
+
+/// POST JSON to the API with [`TEST_API_KEY`], through curl.
+pub fn api_post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    curl_json(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {TEST_API_KEY}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body.to_string(),
+        url,
+    ])
+}
+
+/// GET from the API with [`TEST_API_KEY`], through curl.
+pub fn api_get(url: &str) -> (u16, serde_json::Value) {
+    curl_json(&["-H", &format!("Authorization: Bearer {TEST_API_KEY}"), url])
+}
