@@ -354,9 +354,43 @@ fn parse_call_id(s: &str) -> Result<Uuid, AppError> {
     })
 }
 
-/// The call from the database; its room from memory when the database is unreachable.
+/// The call from the database.
 async fn find_call(state: &AppState, id: &Uuid) -> Result<Option<crate::store::Call>, AppError> {
     state.store.store.call(id).await.map_err(AppError::db)
+}
+
+/// The call from the database or, while the database is unreachable, what this instance
+/// knows of it (its room and whether it ended), so calls can still get tokens and be ended;
+/// those writes wait in the outbox.
+async fn find_call_or_live(
+    state: &AppState,
+    id: &Uuid,
+) -> Result<Option<crate::store::Call>, AppError> {
+    match state.store.store.call(id).await {
+        Ok(c) => Ok(c),
+        Err(e) if crate::store::is_transient(&e) => match state.calls.live_call(id) {
+            Some((room, ended)) => {
+                tracing::warn!(call = %id, error = %e, "database unreachable; using the live call");
+                Ok(Some(crate::store::Call {
+                    id: *id,
+                    kind: "webrtc".into(),
+                    direction: "internal".into(),
+                    from_number: None,
+                    to_number: None,
+                    room,
+                    status: if ended { "ended" } else { "active" }.into(),
+                    record: true,
+                    created_at: Utc::now(),
+                    answered_at: None,
+                    ended_at: None,
+                    end_reason: None,
+                    duration_sec: None,
+                }))
+            }
+            None => Err(AppError::db(e)),
+        },
+        Err(e) => Err(AppError::db(e)),
+    }
 }
 
 fn unknown_call() -> AppError {
@@ -382,7 +416,9 @@ async fn call_end(
         .map(|r| r.trim().chars().take(64).collect::<String>())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "ended_by_api".into());
-    let call = find_call(&state, &id).await?.ok_or_else(unknown_call)?;
+    let call = find_call_or_live(&state, &id)
+        .await?
+        .ok_or_else(unknown_call)?;
     if call.status == "ended" {
         return Ok(Json(json!({
             "call_id": id, "status": "ended", "already_ended": true, "call": call,
@@ -533,7 +569,9 @@ async fn issue_token(
     require_api_key(&state, &headers)?;
     let id = parse_call_id(&id)?;
     let b = json_body(body)?;
-    let call = find_call(&state, &id).await?.ok_or_else(unknown_call)?;
+    let call = find_call_or_live(&state, &id)
+        .await?
+        .ok_or_else(unknown_call)?;
     if call.status == "ended" {
         return Err(AppError::coded(
             StatusCode::CONFLICT,

@@ -34,6 +34,15 @@ pub fn leave_reason(r: LeaveReason) -> &'static str {
     }
 }
 
+/// The id of a recording's consent event: the same for the live event and for the list in the
+/// finished recording's summary, so the event is stored once whichever arrives first.
+pub fn consent_id(recording_id: &str, kind: &str, offset_ms: u64) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("commhub/consent/{recording_id}/{kind}/{offset_ms}").as_bytes(),
+    )
+}
+
 /// Room of an API call.
 pub fn room_for(call_id: &Uuid) -> String {
     format!("call-{}", call_id.simple())
@@ -207,6 +216,14 @@ impl Calls {
             duration_sec: None,
         }));
         Ok(id)
+    }
+
+    /// The room of a call this instance knows, and whether it has ended.
+    pub fn live_call(&self, call_id: &Uuid) -> Option<(String, bool)> {
+        lock(&self.inner.rooms)
+            .iter()
+            .find(|(_, l)| l.call_id == *call_id)
+            .map(|(room, l)| (room.clone(), l.ended))
     }
 
     /// The call id of an open (or known) room.
@@ -466,7 +483,7 @@ impl Calls {
                     _ => return,
                 };
                 self.inner.store.send(StoreOp::Consent(ConsentRow {
-                    id: Uuid::new_v4(),
+                    id: consent_id(&recording_id, kind, offset_ms),
                     call_id: cid,
                     participant_id: None,
                     recording_id: Uuid::parse_str(&recording_id).ok(),
@@ -511,6 +528,21 @@ impl Calls {
                     started_at: utc(started),
                     ready_at: Some(Utc::now()),
                 }));
+                // Every consent event of the recording (the live ones are already queued under
+                // the same ids; these add the ones rendered at the very end).
+                for (kind, offset_ms) in &summary.consent {
+                    self.inner.store.send(StoreOp::Consent(ConsentRow {
+                        id: consent_id(&summary.recording_id, kind, *offset_ms),
+                        call_id: cid,
+                        participant_id: None,
+                        recording_id: Some(rid),
+                        kind: kind.clone(),
+                        offset_ms: *offset_ms as i64,
+                        occurred_at: utc(started + Duration::from_millis(*offset_ms)),
+                        source: "system".into(),
+                        note: None,
+                    }));
+                }
             }
             RecordingEvent::Failed {
                 recording_id,

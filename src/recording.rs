@@ -61,6 +61,9 @@ pub struct SummaryView {
     pub flac_sha256: String,
     pub mp3_sha256: String,
     pub consent_events: usize,
+    /// Every consent event the recording holds: (kind, offset in ms). Includes those rendered
+    /// by the last `finish` (and by a recovery), which no `Consent` event reported.
+    pub consent: Vec<(String, u64)>,
     pub recovered: bool,
 }
 
@@ -78,6 +81,11 @@ impl From<&Summary> for SummaryView {
             flac_sha256: s.flac_sha256.clone(),
             mp3_sha256: s.mp3_sha256.clone(),
             consent_events: s.consent_events.len(),
+            consent: s
+                .consent_events
+                .iter()
+                .map(|e| (e.kind.as_str().to_string(), e.offset.as_millis() as u64))
+                .collect(),
             recovered: s.recovered,
         }
     }

@@ -288,7 +288,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         // Every event of the recordings and rooms reaches the store; what the database cannot
         // take now stays in the outbox.
         calls.drain().await;
-        let pending = tokio::time::timeout(Duration::from_secs(10), store.flush())
+        // Last writes, then the store task ends (its outbox file is the next start's).
+        let pending = tokio::time::timeout(Duration::from_secs(10), store.close())
             .await
             .unwrap_or(usize::MAX);
         if pending > 0 {
@@ -297,8 +298,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         calls_task.abort();
         drop(calls);
         drop(store);
-        // The store task keeps running until the process ends (handlers still hold handles).
-        drop(store_task);
+        let _ = tokio::time::timeout(Duration::from_secs(5), store_task).await;
         handle.graceful_shutdown(Some(Duration::from_secs(1)));
         match tokio::time::timeout(grace + Duration::from_secs(2), server).await {
             Ok(Ok(r)) => r.context("HTTP server")?,

@@ -350,3 +350,99 @@ async fn postgres_down_for_thirty_seconds_mid_call_loses_and_duplicates_nothing(
     b.leave().await;
     srv.stop().await.expect("stop");
 }
+
+/// A call made, joined, recorded and ended while PostgreSQL is down, then the server stops:
+/// every write is in the outbox file, and the next start (database back) writes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_during_an_outage_survive_a_restart() {
+    let pg = Cluster::new();
+    let root = std::env::temp_dir().join(format!("commhub-outbox-{}", rand::random::<u32>()));
+    let tweak = {
+        let (url, root) = (pg.url(), root.clone());
+        move |c: &mut commhub::config::Config| {
+            c.database.url = url;
+            c.database.connect_timeout_secs = 2;
+            c.database.retry_interval_ms = 500;
+            c.database.outbox_path = root.join("outbox.jsonl");
+            c.recording.storage_root = root;
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![API_KEY.into()];
+            c.auth.jwt_secret = "restart-test-secret".into();
+            c.recording.enabled = true;
+            c.recording.beep_interval_ms = 1000;
+        }
+    };
+    let srv = server(tweak.clone()).await;
+    let base = srv.http_url();
+    pg.stop();
+
+    let (st, created) = post(
+        &format!("{base}/functions/v1/call-create"),
+        &json!({"identity": "agent-1", "role": "agent", "to": "+14155550123"}),
+    );
+    assert_eq!(
+        st, 201,
+        "a call can be made while the database is down: {created}"
+    );
+    let call_id = created["call_id"].as_str().expect("id").to_string();
+    let room = created["room"].as_str().expect("room").to_string();
+    let (st, tok) = post(
+        &format!("{base}/api/v1/calls/{call_id}/tokens"),
+        &json!({"identity": "cust-1"}),
+    );
+    assert_eq!(st, 201, "tokens come from the live call: {tok}");
+    let hooks = |t: &Value| MediaHooks {
+        token: t["token"].as_str().map(str::to_string),
+        ..Default::default()
+    };
+    let ws = srv.ws_url();
+    let a = Client::join_with(&ws, &room, "Agent", 1, hooks(&created))
+        .await
+        .expect("agent");
+    let b = Client::join_with(&ws, &room, "Customer", 2, hooks(&tok))
+        .await
+        .expect("customer");
+    assert!(eventually(Duration::from_secs(10), || b.count_from(&a.id) > 100).await);
+    let (st, ended) = post(
+        &format!("{base}/functions/v1/call-end"),
+        &json!({"call_id": call_id}),
+    );
+    assert_eq!(st, 200, "{ended}");
+    assert_eq!(ended["queued"], true, "{ended}");
+    a.leave().await;
+    b.leave().await;
+    srv.stop().await.expect("stop");
+    let queued = std::fs::read_to_string(root.join("outbox.jsonl")).expect("outbox");
+    let lines = queued.lines().count();
+    assert!(
+        lines >= 8,
+        "call, participants, recording, consent, end: {lines} lines"
+    );
+
+    // The database is back; the next start writes the outbox.
+    pg.start();
+    let srv = server(tweak).await;
+    assert_eq!(srv.state.store.flush().await, 0, "outbox written at start");
+    let (st, d) = api_get(&format!("{}/api/v1/calls/{call_id}", srv.http_url()));
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(d["call"]["status"], "ended");
+    assert_eq!(d["call"]["to_number"], "+14155550123");
+    assert_eq!(d["participants"].as_array().map(Vec::len), Some(2), "{d}");
+    let recs = d["recordings"].as_array().expect("recordings");
+    assert_eq!(recs.len(), 1, "{d}");
+    assert_eq!(recs[0]["status"], "ready");
+    let key = recs[0]["flac_key"].as_str().expect("key");
+    assert_eq!(
+        d["consent_events"].as_array().map(Vec::len),
+        Some(sidecar_consent(&root, key).len())
+    );
+    assert_eq!(
+        std::fs::metadata(root.join("outbox.jsonl"))
+            .expect("outbox")
+            .len(),
+        0,
+        "the outbox is empty once written"
+    );
+    srv.stop().await.expect("stop");
+    let _ = std::fs::remove_dir_all(&root);
+}

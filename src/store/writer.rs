@@ -41,6 +41,8 @@ enum Msg {
     Op(Box<StoreOp>, Option<oneshot::Sender<Durable>>),
     /// Try to empty the outbox now; answers how many ops remain.
     Flush(oneshot::Sender<usize>),
+    /// Last try, then stop (server shutdown); answers how many ops stay in the outbox.
+    Close(oneshot::Sender<usize>),
 }
 
 /// Hands ops to the store task. Cheap to clone; never blocks.
@@ -66,6 +68,16 @@ impl StoreHandle {
             return Durable::Rejected;
         }
         rx.await.unwrap_or(Durable::Rejected)
+    }
+
+    /// Write what can be written and stop the store task (shutdown). What the database cannot
+    /// take stays in the outbox file for the next start. Returns how many ops that is.
+    pub async fn close(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Wait until everything handed over so far has been tried; returns the ops still in the
@@ -119,10 +131,15 @@ pub fn spawn(
     };
     let task = tokio::spawn(async move {
         w.drain().await;
+        let mut closed = false;
         let mut tick = tokio::time::interval(retry);
+        // After a slow failed retry, wait a whole interval before the next.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Handing over comes first: while the database is down it only appends to
+                // the outbox; a retry may wait out a connection timeout.
+                biased;
                 m = rx.recv() => match m {
                     None => break,
                     Some(Msg::Op(op, ack)) => {
@@ -135,11 +152,28 @@ pub fn spawn(
                         w.drain().await;
                         let _ = ack.send(w.outbox.len());
                     }
+                    Some(Msg::Close(ack)) => {
+                        // Ops sent before the close still count.
+                        while let Ok(m) = rx.try_recv() {
+                            if let Msg::Op(op, a) = m {
+                                let d = w.handle(*op).await;
+                                if let Some(a) = a {
+                                    let _ = a.send(d);
+                                }
+                            }
+                        }
+                        w.drain().await;
+                        let _ = ack.send(w.outbox.len());
+                        closed = true;
+                        break;
+                    }
                 },
                 _ = tick.tick(), if !w.outbox.is_empty() => w.drain().await,
             }
         }
-        w.drain().await;
+        if !closed {
+            w.drain().await;
+        }
         if !w.outbox.is_empty() {
             tracing::warn!(
                 pending = w.outbox.len(),
@@ -153,11 +187,19 @@ pub fn spawn(
 
 impl Writer {
     async fn apply(&self, op: &StoreOp) -> Result<(), (bool, String)> {
-        match tokio::time::timeout(self.op_timeout, self.store.apply(op)).await {
+        let t = std::time::Instant::now();
+        let r = match tokio::time::timeout(self.op_timeout, self.store.apply(op)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err((is_transient(&e), e.to_string())),
             Err(_) => Err((true, "timed out".into())),
-        }
+        };
+        tracing::debug!(
+            op = op.name(),
+            ok = r.is_ok(),
+            ms = t.elapsed().as_millis() as u64,
+            "store write"
+        );
+        r
     }
 
     fn set_pending(&self) {
@@ -194,14 +236,10 @@ impl Writer {
 
     async fn handle(&mut self, op: StoreOp) -> Durable {
         if !self.outbox.is_empty() {
-            // Keep the order: behind what is already queued.
-            let d = self.queue(op);
-            self.drain().await;
-            return if self.outbox.is_empty() {
-                Durable::Written
-            } else {
-                d
-            };
+            // Keep the order: behind what is already queued. The retry tick (or a flush)
+            // writes the queue; trying the database here for every op would make each op
+            // wait out a connection timeout while it is down.
+            return self.queue(op);
         }
         match self.apply(&op).await {
             Ok(()) => {
