@@ -226,6 +226,21 @@ impl Calls {
             .map(|(room, l)| (room.clone(), l.ended))
     }
 
+    /// Whether a join for `call_id` (from a token) must be refused because the call has ended.
+    /// Calls this instance knows answer from memory; others (created before a restart) from
+    /// the database, and when it is unreachable the join is let in.
+    pub async fn has_ended(&self, call_id: &Uuid) -> bool {
+        if let Some((_, ended)) = self.live_call(call_id) {
+            return ended;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.inner.store.store.call(call_id))
+            .await
+        {
+            Ok(Ok(Some(c))) => c.status == "ended",
+            _ => false,
+        }
+    }
+
     /// The call id of an open (or known) room.
     pub fn call_of_room(&self, room: &str) -> Option<Uuid> {
         lock(&self.inner.rooms).get(room).map(|l| l.call_id)

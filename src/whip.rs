@@ -131,7 +131,11 @@ pub async fn whip_post(
         .as_ref()
         .and_then(|c| c.call_id.as_deref())
         .and_then(|c| uuid::Uuid::parse_str(c).ok());
-    if state.calls.ensure(&room, token_call).is_err() {
+    let ended = match token_call {
+        Some(c) => state.calls.has_ended(&c).await,
+        None => false,
+    };
+    if ended || state.calls.ensure(&room, token_call).is_err() {
         return Err(AppError::coded(
             StatusCode::CONFLICT,
             "call_ended",

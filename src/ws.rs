@@ -249,7 +249,11 @@ impl Conn {
                     .as_ref()
                     .and_then(|c| c.call_id.as_deref())
                     .and_then(|c| uuid::Uuid::parse_str(c).ok());
-                if self.state.calls.ensure(&room, token_call).is_err() {
+                let ended = match token_call {
+                    Some(c) => self.state.calls.has_ended(&c).await,
+                    None => false,
+                };
+                if ended || self.state.calls.ensure(&room, token_call).is_err() {
                     self.session.join_failed();
                     return self.error(
                         &SignalError::new(ErrorCode::CallEnded, "this call has ended")

@@ -443,6 +443,24 @@ async fn writes_queued_during_an_outage_survive_a_restart() {
         0,
         "the outbox is empty once written"
     );
+    // This instance never saw the call, but its tokens (still unexpired) are refused: the
+    // database says it ended.
+    let mut ws = common::Ws::connect(&srv.ws_url()).await.expect("ws");
+    ws.send(json!({"type": "join", "room": room, "display_name": "Late",
+        "token": created["token"]}))
+        .await
+        .expect("send");
+    let reply = loop {
+        let v = tokio::time::timeout(Duration::from_secs(5), ws.recv())
+            .await
+            .expect("reply")
+            .expect("recv");
+        if v["type"] == "error" || v["type"] == "joined" {
+            break v;
+        }
+    };
+    assert_eq!(reply["code"], "call_ended", "{reply}");
+    drop(ws);
     srv.stop().await.expect("stop");
     let _ = std::fs::remove_dir_all(&root);
 }
