@@ -226,6 +226,18 @@ pub fn ice_servers(cfg: &Config, user: &str) -> Value {
     Value::Array(out)
 }
 
+/// A display name for a token: at most 64 characters, no control characters.
+fn display_name(v: Option<&str>) -> Result<Option<&str>, AppError> {
+    match v.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) if n.chars().count() > 64 || n.chars().any(char::is_control) => {
+            Err(AppError::BadRequest(
+                "display_name must be at most 64 characters, without control characters".into(),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
 fn token_response(
     state: &AppState,
     headers: &HeaderMap,
@@ -323,7 +335,7 @@ async fn call_create(
         &call.room,
         &ident,
         &role,
-        b.display_name.as_deref(),
+        display_name(b.display_name.as_deref())?,
     );
     out["status"] = json!(call.status);
     out["record"] = json!(call.record);
@@ -502,7 +514,10 @@ async fn list_calls(
         since: time_param("since", q.since)?,
         until: time_param("until", q.until)?,
         limit,
-        offset: q.offset.unwrap_or(0),
+        offset: match q.offset.unwrap_or(0) {
+            o if o <= 1_000_000_000 => o,
+            _ => return Err(AppError::BadRequest("offset must be 0..=1000000000".into())),
+        },
     };
     let (calls, total) = state
         .store
@@ -588,7 +603,7 @@ async fn issue_token(
         &call.room,
         &ident,
         &role,
-        b.display_name.as_deref(),
+        display_name(b.display_name.as_deref())?,
     );
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -744,7 +759,7 @@ async fn dev_token(
         &q.room,
         &ident,
         &role,
-        q.name.as_deref(),
+        display_name(q.name.as_deref())?,
     )))
 }
 

@@ -161,7 +161,9 @@ impl Calls {
             room: room_for(&id),
             status: "created".into(),
             record: req.record,
-            created_at: Utc::now(),
+            // The databases keep microseconds; answer with what will be read back.
+            created_at: DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+                .unwrap_or_else(Utc::now),
             answered_at: None,
             ended_at: None,
             end_reason: None,
