@@ -784,3 +784,55 @@ async fn migrate_command_creates_the_schema_on_both_backends() {
         "the password stays out of errors: {err}"
     );
 }
+
+/// The store task on SQLite: writes land in order; one the database refuses for good is
+/// answered `Rejected` and kept in the rejected file (nothing vanishes), and the task goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_task_keeps_refused_writes_and_goes_on() {
+    use commhub::store::writer::{Durable, spawn};
+    let cfg = test_config();
+    let store = Store::open(&cfg.database).await.expect("open");
+    let outbox = cfg.database.outbox_path.clone();
+    let (h, task) = spawn(
+        store.clone(),
+        outbox.clone(),
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    )
+    .expect("spawn");
+    let call = call_row(micros(Utc::now()));
+    assert_eq!(
+        h.write(StoreOp::CreateCall(call.clone())).await,
+        Durable::Written
+    );
+    let mut bad = call_row(micros(Utc::now()));
+    bad.to_number = Some("not-a-number".into());
+    assert_eq!(
+        h.write(StoreOp::CreateCall(bad.clone())).await,
+        Durable::Rejected
+    );
+    h.send(StoreOp::CallActive { call_id: call.id });
+    assert_eq!(h.flush().await, 0);
+    assert_eq!(
+        store
+            .call(&call.id)
+            .await
+            .expect("read")
+            .expect("row")
+            .status,
+        "active",
+        "the task goes on after a refusal"
+    );
+    let rejected = std::fs::read_to_string(outbox.with_extension("rejected.jsonl"))
+        .expect("the rejected file");
+    assert!(rejected.contains(&bad.id.to_string()), "{rejected}");
+    assert!(
+        rejected.contains("CHECK"),
+        "with the database's reason: {rejected}"
+    );
+    assert_eq!(h.close().await, 0);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends after close")
+        .expect("task");
+}
