@@ -26,9 +26,15 @@ fn load_binary() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_smoke_run_forwards_packets() {
-    let srv = common::server(|_| {}).await;
+    // A production-like server: auth on; the generator signs its own join tokens.
+    let srv = common::server(|c| {
+        c.auth.enabled = true;
+        c.auth.jwt_secret = "load-smoke-secret".into();
+    })
+    .await;
     let out = tokio::process::Command::new(load_binary())
         .args(["--smoke", "--url", &srv.ws_url()])
+        .args(["--jwt-secret", "load-smoke-secret"])
         .args(["--server-pid", &std::process::id().to_string()])
         .kill_on_drop(true)
         .output();

@@ -99,6 +99,33 @@ struct Args {
     /// Exit 1 when fewer packets than this were forwarded in the measured window.
     #[arg(long, default_value_t = 0)]
     min_delivered: u64,
+    /// commhub with auth on: its `auth.jwt_secret`, so each participant joins with a token
+    /// signed here (HS256, the room and an identity of its own). Without it, run commhub with
+    /// COMMHUB_AUTH__ENABLED=false.
+    #[arg(long, env = "COMMHUB_LOAD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+/// A commhub join token (JWT HS256) for `room` and `identity`, valid for an hour.
+fn join_token(secret: &str, room: &str, identity: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use hmac::Mac;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = serde_json::json!({"iss": "commhub", "sub": identity, "room": room,
+        "role": "customer", "iat": now, "exp": now + 3600});
+    let input = format!(
+        "{}.{}",
+        B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        B64.encode(claims.to_string())
+    );
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(input.as_bytes());
+    format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
 }
 
 enum Part {
@@ -193,7 +220,11 @@ impl Run {
                 on_rtp: Some(Arc::new(move |pkt| {
                     inbox2.on_payload(&meter2, &pkt.payload)
                 })),
-                token: None,
+                token: self
+                    .args
+                    .jwt_secret
+                    .as_deref()
+                    .map(|s| join_token(s, &format!("load-{room}"), &format!("load-{gid}"))),
             }
         };
         let others: Vec<u32> = lock(&self.rooms).get(&room).cloned().unwrap_or_default();
