@@ -384,19 +384,8 @@ async fn find_call_or_live(
             Some((room, ended)) => {
                 tracing::warn!(call = %id, error = %e, "database unreachable; using the live call");
                 Ok(Some(crate::store::Call {
-                    id: *id,
-                    kind: "webrtc".into(),
-                    direction: "internal".into(),
-                    from_number: None,
-                    to_number: None,
-                    room,
                     status: if ended { "ended" } else { "active" }.into(),
-                    record: true,
-                    created_at: Utc::now(),
-                    answered_at: None,
-                    ended_at: None,
-                    end_reason: None,
-                    duration_sec: None,
+                    ..crate::store::Call::adhoc(*id, &room)
                 }))
             }
             None => Err(AppError::db(e)),

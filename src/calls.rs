@@ -21,17 +21,9 @@ use crate::recording::{Recorders, RecordingEvent};
 use crate::store::writer::{Durable, StoreHandle};
 use crate::store::{Call, ConsentRow, Participant, RecordingRow, StoreOp, storage_key};
 
-/// The database's word for a leave reason.
+/// The database's word for a leave reason: the signaling protocol's.
 pub fn leave_reason(r: LeaveReason) -> &'static str {
-    match r {
-        LeaveReason::Left => "left",
-        LeaveReason::Disconnected => "disconnected",
-        LeaveReason::MediaTimeout => "media_timeout",
-        LeaveReason::KeepaliveTimeout => "keepalive_timeout",
-        LeaveReason::ServerShutdown => "server_shutdown",
-        LeaveReason::Kicked => "kicked",
-        LeaveReason::CallEnded => "call_ended",
-    }
+    crate::ws::leave_reason(r).as_str()
 }
 
 /// The id of a recording's consent event: the same for the live event and for the list in the
@@ -153,21 +145,12 @@ impl Calls {
     pub async fn create(&self, req: NewCall) -> (Call, Durable) {
         let id = Uuid::new_v4();
         let call = Call {
-            id,
             kind: req.kind,
             direction: req.direction,
             from_number: req.from_number,
             to_number: req.to_number,
-            room: room_for(&id),
-            status: "created".into(),
             record: req.record,
-            // The databases keep microseconds; answer with what will be read back.
-            created_at: DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
-                .unwrap_or_else(Utc::now),
-            answered_at: None,
-            ended_at: None,
-            end_reason: None,
-            duration_sec: None,
+            ..Call::adhoc(id, &room_for(&id))
         };
         {
             let mut rooms = lock(&self.inner.rooms);
@@ -202,21 +185,9 @@ impl Calls {
         let id = Uuid::new_v4();
         rooms.insert(room.to_string(), Live::new(id, true));
         drop(rooms);
-        self.inner.store.send(StoreOp::CreateCall(Call {
-            id,
-            kind: "webrtc".into(),
-            direction: "internal".into(),
-            from_number: None,
-            to_number: None,
-            room: room.to_string(),
-            status: "created".into(),
-            record: true,
-            created_at: Utc::now(),
-            answered_at: None,
-            ended_at: None,
-            end_reason: None,
-            duration_sec: None,
-        }));
+        self.inner
+            .store
+            .send(StoreOp::CreateCall(Call::adhoc(id, room)));
         Ok(id)
     }
 

@@ -179,6 +179,29 @@ pub struct Call {
     pub duration_sec: Option<i32>,
 }
 
+impl Call {
+    /// A new call in `room` as a room without an API call gets it: WebRTC, internal, to be
+    /// recorded, `created` now (to the microsecond, as the databases keep it).
+    pub fn adhoc(id: Uuid, room: &str) -> Call {
+        Call {
+            id,
+            kind: "webrtc".into(),
+            direction: "internal".into(),
+            from_number: None,
+            to_number: None,
+            room: room.to_string(),
+            status: "created".into(),
+            record: true,
+            created_at: DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+                .unwrap_or_else(Utc::now),
+            answered_at: None,
+            ended_at: None,
+            end_reason: None,
+            duration_sec: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Participant {
     pub id: Uuid,
