@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything commhub's tests need besides the Rust toolchain:
 #   - Debian packages (chromium for the browser test, sox/ffmpeg/gstreamer for media tools,
-#     flac for the recorder's tests (flac -t, metaflac), cmake/pkg-config/libssl-dev for -sys
-#     crates),
+#     flac for the recorder's tests (flac -t, metaflac), pkg-config/libssl-dev for pip's
+#     source-build fallback of the Python clients' packages). Building commhub itself needs none
+#     of them, and no cmake: see tests/build_deps.rs,
 #   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
 #   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium),
 #   - PostgreSQL: the machine's cluster is started (or the server installed and a cluster
@@ -18,7 +19,7 @@ cd "$REPO"
 step() { printf '\n==> [setup-test-deps] %s\n' "$*"; }
 
 APT_PACKAGES=(
-  cmake pkg-config libssl-dev
+  pkg-config libssl-dev
   chromium sox ffmpeg flac
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
