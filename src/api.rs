@@ -380,16 +380,18 @@ async fn find_call_or_live(
 ) -> Result<Option<crate::store::Call>, AppError> {
     match state.store.store.call(id).await {
         Ok(c) => Ok(c),
-        Err(e) if crate::store::is_transient(&e) => match state.calls.live_call(id) {
-            Some((room, ended)) => {
-                tracing::warn!(call = %id, error = %e, "database unreachable; using the live call");
-                Ok(Some(crate::store::Call {
-                    status: if ended { "ended" } else { "active" }.into(),
-                    ..crate::store::Call::adhoc(*id, &room)
-                }))
+        Err(e) if crate::store::is_transient(&e) => {
+            match state.calls.live_call(crate::domain::CallId(*id)).await {
+                Some((room, ended)) => {
+                    tracing::warn!(call = %id, error = %e, "database unreachable; using the live call");
+                    Ok(Some(crate::store::Call {
+                        status: if ended { "ended" } else { "active" }.into(),
+                        ..crate::store::Call::adhoc(*id, room.as_str())
+                    }))
+                }
+                None => Err(AppError::db(e)),
             }
-            None => Err(AppError::db(e)),
-        },
+        }
         Err(e) => Err(AppError::db(e)),
     }
 }
@@ -425,7 +427,10 @@ async fn call_end(
             "call_id": id, "status": "ended", "already_ended": true, "call": call,
         })));
     }
-    let (_fresh, durable) = state.calls.end(id, &call.room, &reason).await;
+    let (_fresh, durable) = state
+        .calls
+        .end(crate::domain::CallId(id), &call.room, &reason)
+        .await;
     // The recording's row arrives through the store queue; wait for it to be tried.
     state.store.flush().await;
     let call = find_call(&state, &id).await.ok().flatten();
@@ -740,7 +745,7 @@ async fn dev_token(
     signaling::validate_room_name(&q.room).map_err(|e| AppError::BadRequest(e.message))?;
     let ident = identity(q.identity.as_deref())?;
     let role = role(q.role.as_deref(), "customer")?;
-    let call = state.calls.call_of_room(&q.room);
+    let call = state.calls.call_of_room(&q.room).await.map(Uuid::from);
     Ok(Json(token_response(
         &state,
         &headers,

@@ -37,6 +37,14 @@ pub struct Claims {
     pub exp: u64,
 }
 
+impl Claims {
+    /// The call this token is for (tokens of API calls name one; we sign them, so a value that
+    /// is not a call id means no call).
+    pub fn call(&self) -> Option<crate::domain::CallId> {
+        self.call_id.as_deref().and_then(|c| c.parse().ok())
+    }
+}
+
 /// Why a token was refused. The messages are safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {

@@ -26,7 +26,24 @@ pub struct Config {
     pub auth: AuthConfig,
     pub turn: TurnConfig,
     pub api: ApiConfig,
+    pub calls: CallsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// A call made by call-create that nobody joins is ended (`end_reason = abandoned`) after
+    /// this many seconds; joins with its tokens are refused from then on.
+    pub abandon_after_secs: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            abandon_after_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -389,6 +406,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(10..=7 * 86_400).contains(&self.calls.abandon_after_secs) {
+            return bad("calls.abandon_after_secs must be 10..=604800");
+        }
         if self.media.port_min == 0 || self.media.port_min > self.media.port_max {
             return bad("media.port_min must be >= 1 and <= media.port_max");
         }

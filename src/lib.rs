@@ -29,6 +29,7 @@ pub mod auth;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod recording;

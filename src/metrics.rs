@@ -146,6 +146,44 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "1 while the database is unreachable.",
         load(&w.degraded).to_string(),
     );
+    let q = state.calls.queue_stats();
+    let c = state.calls.stats();
+    metric(
+        "commhub_call_events_total",
+        "counter",
+        "Events handed to the call coordinator (room, recording, admission, API).",
+        load(&q.events).to_string(),
+    );
+    metric(
+        "commhub_call_events_pending",
+        "gauge",
+        "Events waiting for the call coordinator now.",
+        load(&q.pending).to_string(),
+    );
+    metric(
+        "commhub_call_events_over_capacity_total",
+        "counter",
+        "Events queued past the coordinator's capacity by producers that cannot wait (kept, not dropped).",
+        load(&q.over_capacity).to_string(),
+    );
+    metric(
+        "commhub_call_inputs_invalid_total",
+        "counter",
+        "Coordinator inputs that could not be used (bad ids, events for unknown recordings), each logged.",
+        load(&c.invalid).to_string(),
+    );
+    metric(
+        "commhub_recording_stop_timeouts_total",
+        "counter",
+        "Recordings that did not finalise within 30 s of their stop.",
+        load(&c.stop_timeouts).to_string(),
+    );
+    metric(
+        "commhub_calls_abandoned_total",
+        "counter",
+        "Calls ended as abandoned (nobody joined within calls.abandon_after_secs).",
+        load(&c.abandoned).to_string(),
+    );
     metric(
         "commhub_uptime_seconds",
         "gauge",

@@ -1,7 +1,8 @@
 //! Recording wiring: connects a room's tap to a `recorder::Recording`, plays the consent
 //! announcement and periodic beeps into the room through the SFU's system source, and reports
-//! recording events (started / consent / ready / failed) to whoever listens (the store, logs,
-//! and the participants of the room).
+//! recording events (consent / ready / failed) to one sink: the call coordinator, which decides
+//! when recordings start and stop (`crate::calls`). Every event reaches the sink: it is called
+//! for each, in order, from the recording's thread.
 //!
 //! Threading: each recording runs its encoder on its own OS thread (CPU-heavy, and the encoders
 //! are not async); an async forwarder feeds it packets from the tap and participant details from
@@ -13,16 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use media::{ParticipantEvent, RoomEvent, Sfu};
+use media::{ParticipantEvent, Sfu};
 use recorder::{ConsentEvent, RecorderPacket, Recording, RecordingConfig, RecordingMeta, Summary};
 use serde::Serialize;
 use signaling::ServerMessage;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// What happened to a recording.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RecordingEvent {
+    /// Reported to observers only: the coordinator starts recordings and learns this from
+    /// [`Recorders::start`]'s result.
     Started {
         room: String,
         call_id: String,
@@ -118,6 +121,46 @@ struct Active {
     recording_id: String,
     stop: oneshot::Sender<&'static str>,
     done: tokio::task::JoinHandle<()>,
+    /// Participants whose subscribe connection came up: they hear the announcement.
+    listening: mpsc::UnboundedSender<String>,
+}
+
+/// The consumer of [`RecordingEvent`]s. Called from recording threads; must not block.
+pub type RecordingSink = Arc<dyn Fn(RecordingEvent) + Send + Sync>;
+
+/// The sink (the coordinator: every event, in order) and observers (tests and tools that watch
+/// recordings; a copy, lossy when an observer lags, never used for state).
+#[derive(Clone)]
+struct Emitter {
+    sink: Arc<std::sync::OnceLock<RecordingSink>>,
+    observers: tokio::sync::broadcast::Sender<RecordingEvent>,
+}
+
+impl Default for Emitter {
+    fn default() -> Self {
+        Emitter {
+            sink: Default::default(),
+            observers: tokio::sync::broadcast::channel(256).0,
+        }
+    }
+}
+
+impl Emitter {
+    fn observe(&self, ev: RecordingEvent) {
+        if self.observers.receiver_count() > 0 {
+            let _ = self.observers.send(ev);
+        }
+    }
+
+    fn emit(&self, ev: RecordingEvent) {
+        if self.observers.receiver_count() > 0 {
+            let _ = self.observers.send(ev.clone());
+        }
+        match self.sink.get() {
+            Some(f) => f(ev),
+            None => tracing::error!("recording event with no consumer set"),
+        }
+    }
 }
 
 /// Starts, stops and finalises recordings of rooms.
@@ -129,26 +172,18 @@ pub struct Recorders {
 struct Inner {
     sfu: Sfu,
     cfg: RecordingConfig,
-    default_on: bool,
     active: Mutex<HashMap<String, Active>>,
-    /// Per-room choice made before or at creation (join's `record`), or mid-call.
-    wanted: Mutex<HashMap<String, bool>>,
-    events: broadcast::Sender<RecordingEvent>,
+    events: Emitter,
     beep_frames: Arc<Vec<Bytes>>,
     announcement_frames: Arc<Vec<Bytes>>,
-    /// Maps a room to the id of its call (the store's calls); the room name without one.
-    call_of: Mutex<Option<CallResolver>>,
 }
-
-/// Finds (or makes) the call a room belongs to.
-pub type CallResolver = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Recorders {
-    pub fn new(sfu: Sfu, cfg: RecordingConfig, default_on: bool) -> Self {
+    pub fn new(sfu: Sfu, cfg: RecordingConfig) -> Self {
         let frames = |pcm: &[i16]| -> Arc<Vec<Bytes>> {
             match recorder::encode_opus_frames(pcm) {
                 Ok(f) => Arc::new(f.into_iter().map(Bytes::from).collect()),
@@ -167,24 +202,23 @@ impl Recorders {
             inner: Arc::new(Inner {
                 sfu,
                 cfg,
-                default_on,
                 active: Mutex::new(HashMap::new()),
-                wanted: Mutex::new(HashMap::new()),
-                events: broadcast::channel(4096).0,
+                events: Emitter::default(),
                 beep_frames,
                 announcement_frames,
-                call_of: Mutex::new(None),
             }),
         }
     }
 
-    /// Recordings name their call through `f` from now on.
-    pub fn set_call_resolver(&self, f: CallResolver) {
-        *lock(&self.inner.call_of) = Some(f);
+    /// Send every recording event from now on to `sink`. Only the first sink set is used.
+    pub fn set_event_sink(&self, sink: RecordingSink) -> bool {
+        self.inner.events.sink.set(sink).is_ok()
     }
 
-    pub fn events(&self) -> broadcast::Receiver<RecordingEvent> {
-        self.inner.events.subscribe()
+    /// A copy of the recording events from now on, for observers (tests, tools). Lossy when
+    /// the observer lags; the coordinator gets every event through its sink.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<RecordingEvent> {
+        self.inner.events.observers.subscribe()
     }
 
     pub fn config(&self) -> &RecordingConfig {
@@ -198,76 +232,21 @@ impl Recorders {
             .map(|a| a.recording_id.clone())
     }
 
-    /// Choose whether a room that is not open yet will be recorded when it opens.
-    pub fn prefer(&self, room: &str, record: bool) {
-        if self.inner.sfu.participants(room).is_none() {
-            lock(&self.inner.wanted).insert(room.to_string(), record);
+    /// Rooms with a running recording.
+    pub fn active_rooms(&self) -> Vec<String> {
+        lock(&self.inner.active).keys().cloned().collect()
+    }
+
+    /// A participant of `room` now hears the room: play it the announcement (if the room is
+    /// being recorded).
+    pub fn listening(&self, room: &str, participant: String) {
+        if let Some(a) = lock(&self.inner.active).get(room) {
+            let _ = a.listening.send(participant);
         }
     }
 
-    /// Start or stop recording an open room now.
-    pub async fn set(&self, room: &str, enabled: bool) -> Result<(), String> {
-        lock(&self.inner.wanted).insert(room.to_string(), enabled);
-        if enabled {
-            if self.active(room).is_none() {
-                self.start(room)?;
-            }
-            Ok(())
-        } else {
-            self.stop(room, "requested").await;
-            Ok(())
-        }
-    }
-
-    /// Follow rooms opening and closing; finalise every recording on shutdown. Also recovers
-    /// recordings a crash left behind.
-    pub fn spawn(
-        &self,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        let mut rooms = self.inner.sfu.room_events();
-        tokio::spawn(async move {
-            me.recover_pending().await;
-            loop {
-                tokio::select! {
-                    ev = rooms.recv() => match ev {
-                        Ok(RoomEvent::Opened(room)) => {
-                            let want = lock(&me.inner.wanted).get(&room).copied().unwrap_or(me.inner.default_on);
-                            if want && let Err(e) = me.start(&room) {
-                                tracing::warn!(room = %room, error = %e, "recording did not start");
-                            }
-                        }
-                        Ok(RoomEvent::Closed(room)) => {
-                            me.stop(&room, "room_closed").await;
-                            lock(&me.inner.wanted).remove(&room);
-                        }
-                        Ok(RoomEvent::Listening { .. } | RoomEvent::Left { .. }) => {}
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "recorder missed room events");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    r = shutdown.changed() => {
-                        if r.is_err() || *shutdown.borrow() {
-                            break;
-                        }
-                    }
-                }
-            }
-            me.stop_all("shutdown").await;
-        })
-    }
-
-    /// Finalise every running recording (shutdown).
-    pub async fn stop_all(&self, reason: &'static str) {
-        let rooms: Vec<String> = lock(&self.inner.active).keys().cloned().collect();
-        for r in rooms {
-            self.stop(&r, reason).await;
-        }
-    }
-
-    async fn recover_pending(&self) {
+    /// Finish the recordings a crash left behind; each reports `Ready` or `Failed`.
+    pub async fn recover_pending(&self) {
         let cfg = self.inner.cfg.clone();
         let journals = recorder::pending_journals(&cfg.storage_root);
         if journals.is_empty() {
@@ -283,14 +262,14 @@ impl Recorders {
                 match recorder::recover(&j, &cfg) {
                     Ok(s) => {
                         tracing::info!(recording = %s.meta.recording_id, "recovered recording");
-                        let _ = events.send(RecordingEvent::Ready {
+                        events.emit(RecordingEvent::Ready {
                             room: s.meta.room.clone(),
                             summary: Arc::new(SummaryView::from(&s)),
                         });
                     }
                     Err(e) => {
                         tracing::error!(journal = %j.display(), error = %e, "recovery failed");
-                        let _ = events.send(RecordingEvent::Failed {
+                        events.emit(RecordingEvent::Failed {
                             room: String::new(),
                             recording_id: j
                                 .file_stem()
@@ -305,22 +284,19 @@ impl Recorders {
         .await;
     }
 
-    fn start(&self, room: &str) -> Result<(), String> {
+    /// Start recording `room` for call `call_id`; returns the recording's id and start time.
+    pub fn start(&self, room: &str, call_id: &str) -> Result<(String, SystemTime), String> {
         let mut active = lock(&self.inner.active);
-        if active.contains_key(room) {
-            return Ok(());
+        if let Some(a) = active.get(room) {
+            return Err(format!("already recording ({})", a.recording_id));
         }
         let sfu = &self.inner.sfu;
         let mut tap = sfu.add_tap(room, "recorder").map_err(|e| e.to_string())?;
         let system = sfu.add_system_source(room).ok();
         let recording_id = uuid::Uuid::new_v4().to_string();
         let started_at = SystemTime::now();
-        let resolver = lock(&self.inner.call_of).clone();
-        let call_id = resolver
-            .map(|f| f(room))
-            .unwrap_or_else(|| room.to_string());
         let meta = RecordingMeta {
-            call_id: call_id.clone(),
+            call_id: call_id.to_string(),
             recording_id: recording_id.clone(),
             room: room.to_string(),
             started_at,
@@ -347,14 +323,14 @@ impl Recorders {
                             duration_ms = summary.duration.as_millis() as u64,
                             "recording ready"
                         );
-                        let _ = thread_events.send(RecordingEvent::Ready {
+                        thread_events.emit(RecordingEvent::Ready {
                             room: thread_room.clone(),
                             summary: Arc::new(SummaryView::from(&summary)),
                         });
                     }
                     Err(e) => {
                         tracing::error!(recording = %thread_id, error = %e, "recording failed");
-                        let _ = thread_events.send(RecordingEvent::Failed {
+                        thread_events.emit(RecordingEvent::Failed {
                             room: thread_room.clone(),
                             recording_id: thread_id.clone(),
                             error: e,
@@ -378,8 +354,7 @@ impl Recorders {
         let announcement = self.inner.announcement_frames.clone();
         let interval = self.inner.cfg.beep.interval;
         let consent_room = room_s.clone();
-        let consent_room2 = room_s.clone();
-        let mut room_events = sfu.room_events();
+        let (listening_tx, mut listening_rx) = mpsc::unbounded_channel::<String>();
         let stop_id = recording_id.clone();
         let done = tokio::spawn(async move {
             let consent = tokio::spawn(async move {
@@ -407,15 +382,13 @@ impl Recorders {
                             let (s, b) = (system.clone(), beep.clone());
                             tokio::spawn(async move { s.play(b).await });
                         }
-                        ev = room_events.recv() => match ev {
-                            Ok(RoomEvent::Listening { room, participant })
-                                if room == consent_room2 && !announcement.is_empty() =>
-                            {
+                        p = listening_rx.recv() => match p {
+                            Some(participant) if !announcement.is_empty() => {
                                 let (s, a) = (system.clone(), announcement.clone());
                                 tokio::spawn(async move { s.play_to(a, &participant).await });
                             }
-                            Err(broadcast::error::RecvError::Closed) => break,
-                            _ => {}
+                            Some(_) => {}
+                            None => break,
                         },
                     }
                 }
@@ -478,33 +451,35 @@ impl Recorders {
                 recording_id: recording_id.clone(),
                 stop: stop_tx,
                 done,
+                listening: listening_tx,
             },
         );
         drop(active);
         tracing::info!(room = %room_s, recording = %recording_id, "recording started");
-        let _ = events.send(RecordingEvent::Started {
+        events.observe(RecordingEvent::Started {
             room: room_s.clone(),
-            call_id,
+            call_id: call_id.to_string(),
             recording_id: recording_id.clone(),
             at: started_at,
         });
-        let m = ServerMessage::RecordingStarted { recording_id };
+        let m = ServerMessage::RecordingStarted {
+            recording_id: recording_id.clone(),
+        };
         sfu.broadcast(&room_s, ParticipantEvent::Message(Arc::from(m.to_json())));
-        Ok(())
+        Ok((recording_id, started_at))
     }
 
-    /// Stop a room's recording and wait until its files are final.
-    pub async fn stop(&self, room: &str, reason: &'static str) {
-        let Some(a) = lock(&self.inner.active).remove(room) else {
-            return;
-        };
+    /// Ask a room's recording to stop. Returns its id and a handle that completes when its
+    /// files are final (its `Ready` or `Failed` has been reported by then); the caller decides
+    /// how long to wait, so a slow finalisation never holds anyone else up.
+    pub fn stop(
+        &self,
+        room: &str,
+        reason: &'static str,
+    ) -> Option<(String, tokio::task::JoinHandle<()>)> {
+        let a = lock(&self.inner.active).remove(room)?;
         let _ = a.stop.send(reason);
-        if tokio::time::timeout(Duration::from_secs(30), a.done)
-            .await
-            .is_err()
-        {
-            tracing::error!(room = %room, "recording did not finalise within 30 s");
-        }
+        Some((a.recording_id, a.done))
     }
 }
 
@@ -513,7 +488,7 @@ fn run_encoder(
     cfg: &RecordingConfig,
     meta: RecordingMeta,
     rx: std_mpsc::Receiver<Cmd>,
-    events: &broadcast::Sender<RecordingEvent>,
+    events: &Emitter,
     room: &str,
 ) -> Result<Summary, String> {
     let recording_id = meta.recording_id.clone();
@@ -521,7 +496,7 @@ fn run_encoder(
     let report = |evs: Vec<ConsentEvent>| {
         for e in evs {
             let kind = e.kind.as_str().to_string();
-            let _ = events.send(RecordingEvent::Consent {
+            events.emit(RecordingEvent::Consent {
                 room: room.to_string(),
                 recording_id: recording_id.clone(),
                 kind,

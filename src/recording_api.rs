@@ -24,23 +24,22 @@ pub async fn set_recording(
     crate::api::require_api_key(&state, &headers)?;
     let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     signaling::validate_room_name(&room).map_err(|e| AppError::BadRequest(e.message))?;
-    if state.sfu.participants(&room).is_none() {
-        // Not open: remember the choice for when it opens.
-        state.recorders.prefer(&room, body.enabled);
+    let open = state.sfu.participants(&room).is_some();
+    // An open room switches now; a room that is not open keeps the choice for when it opens.
+    let running = state.calls.set_recording(&room, body.enabled).await;
+    if !open {
         return Ok(Json(
             json!({"room": room, "open": false, "recording": body.enabled}),
         ));
     }
-    state
-        .recorders
-        .set(&room, body.enabled)
-        .await
-        .map_err(|e| AppError::Unavailable(format!("recording: {e}")))?;
+    if body.enabled && running.is_none() {
+        return Err(AppError::Unavailable("recording: it did not start".into()));
+    }
     Ok(Json(json!({
         "room": room,
         "open": true,
-        "recording": state.recorders.active(&room).is_some(),
-        "recording_id": state.recorders.active(&room),
+        "recording": running.is_some(),
+        "recording_id": running.map(|r| r.to_string()),
     })))
 }
 

@@ -39,25 +39,31 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: Config, shutdown: watch::Receiver<bool>, store: StoreHandle) -> Self {
+    /// The shared state, and the call coordinator to run (see [`crate::calls`]).
+    pub fn new(
+        cfg: Config,
+        shutdown: watch::Receiver<bool>,
+        store: StoreHandle,
+    ) -> (Self, crate::calls::Coordinator) {
         let sfu = Sfu::new(sfu_config(&cfg));
-        let recorders = crate::recording::Recorders::new(
-            sfu.clone(),
-            recording_config(&cfg),
-            cfg.recording.enabled,
-        );
-        let calls = crate::calls::Calls::new(
+        let recorders = crate::recording::Recorders::new(sfu.clone(), recording_config(&cfg));
+        let (calls, coordinator) = crate::calls::Calls::new(
             store.clone(),
             sfu.clone(),
             recorders.clone(),
-            Duration::from_secs(cfg.auth.token_ttl_secs),
+            crate::calls::book::BookConfig {
+                record_by_default: cfg.recording.enabled,
+                abandon_after: Duration::from_secs(cfg.calls.abandon_after_secs),
+                forget_after: Duration::from_secs(cfg.auth.token_ttl_secs),
+                end_timeout: Duration::from_secs(5),
+            },
         );
         let tokens = if cfg.auth.jwt_secret.is_empty() {
             TokenKey::random()
         } else {
             TokenKey::new(cfg.auth.jwt_secret.as_bytes())
         };
-        AppState {
+        let state = AppState {
             sfu,
             recorders,
             calls,
@@ -67,7 +73,8 @@ impl AppState {
             shutdown,
             ready: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
-        }
+        };
+        (state, coordinator)
     }
 }
 
@@ -211,7 +218,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store, store_task) = open_store(&cfg).await?;
-    let state = AppState::new(cfg.clone(), shutdown_rx.clone(), store);
+    let (state, coordinator) = AppState::new(cfg.clone(), shutdown_rx.clone(), store);
+    // The coordinator runs until `calls.shutdown()` below; `abort` only cuts it short when the
+    // finalisation itself hangs past its bound.
+    let abort = tokio_util::sync::CancellationToken::new();
+    let coordinator_task = tokio::spawn(coordinator.run(abort.clone()));
     crate::api::warn_about_auth(&cfg);
     let router = app(state.clone());
     let handle = axum_server::Handle::new();
@@ -255,8 +266,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     };
 
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    let calls_task = state.calls.spawn();
-    let recorders_task = state.recorders.spawn(shutdown_rx.clone());
     let calls = state.calls.clone();
     let store = state.store.clone();
     let sfu = state.sfu.clone();
@@ -274,20 +283,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         ready.store(false, Ordering::Relaxed);
         sfu.shutdown();
         // Sessions send `bye` and leave; wait for the rooms to empty (bounded).
-        let deadline = Instant::now() + grace;
-        while sfu.live_sessions() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout(grace, sfu.wait_idle()).await.is_err() {
+            tracing::warn!(
+                live = sfu.live_sessions(),
+                "sessions still open after the grace period"
+            );
         }
-        // Every recording is finalised (files complete, sidecar written) before exit.
-        if tokio::time::timeout(Duration::from_secs(30), recorders_task)
+        // Every recording is finalised (files complete, sidecar written) and every event of
+        // the rooms and recordings has become a store op; what the database cannot take now
+        // stays in the outbox. Each recording's stop is bounded (30 s), so this is too.
+        if tokio::time::timeout(Duration::from_secs(45), calls.shutdown())
             .await
             .is_err()
         {
-            tracing::error!("recordings were not finalised within 30 s");
+            tracing::error!("the call coordinator did not finish within 45 s");
+            abort.cancel();
         }
-        // Every event of the recordings and rooms reaches the store; what the database cannot
-        // take now stays in the outbox.
-        calls.drain().await;
         // Last writes, then the store task ends (its outbox file is the next start's).
         let pending = tokio::time::timeout(Duration::from_secs(10), store.close())
             .await
@@ -295,7 +306,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
         if pending > 0 {
             tracing::warn!(pending, "writes left in the outbox for the next start");
         }
-        calls_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), coordinator_task).await;
         drop(calls);
         drop(store);
         let _ = tokio::time::timeout(Duration::from_secs(5), store_task).await;

@@ -127,15 +127,8 @@ pub async fn whip_post(
         Some(c) => c.role.clone(),
         None => role.map(|r| r.as_str().to_string()).unwrap_or_default(),
     };
-    let token_call = claims
-        .as_ref()
-        .and_then(|c| c.call_id.as_deref())
-        .and_then(|c| uuid::Uuid::parse_str(c).ok());
-    let ended = match token_call {
-        Some(c) => state.calls.has_ended(&c).await,
-        None => false,
-    };
-    if ended || state.calls.ensure(&room, token_call).is_err() {
+    let token_call = claims.as_ref().and_then(|c| c.call());
+    if state.calls.admit(&room, token_call, None).await.is_err() {
         return Err(AppError::coded(
             StatusCode::CONFLICT,
             "call_ended",
@@ -147,14 +140,19 @@ pub async fn whip_post(
         .whip_publish(&room, name.clone(), role.clone(), offer)
         .await
         .map_err(map_sfu)?;
-    state.calls.joined(
-        &room,
-        &id,
-        media::ParticipantKind::Whip,
-        &role,
-        &name,
-        claims.as_ref().map(|c| c.sub.as_str()),
-    );
+    state
+        .calls
+        .joined(
+            &room,
+            crate::calls::Joining::new(
+                &id,
+                media::ParticipantKind::Whip,
+                &role,
+                &name,
+                claims.map(|c| c.sub),
+            ),
+        )
+        .await;
     Ok(created(format!("/whip/{room}/{id}"), answer))
 }
 

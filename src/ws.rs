@@ -245,23 +245,19 @@ impl Conn {
                     None => role.map(|r| r.as_str().to_string()).unwrap_or_default(),
                 };
                 let identity = claims.as_ref().map(|c| c.sub.clone());
-                let token_call = claims
-                    .as_ref()
-                    .and_then(|c| c.call_id.as_deref())
-                    .and_then(|c| uuid::Uuid::parse_str(c).ok());
-                let ended = match token_call {
-                    Some(c) => self.state.calls.has_ended(&c).await,
-                    None => false,
-                };
-                if ended || self.state.calls.ensure(&room, token_call).is_err() {
+                let token_call = claims.as_ref().and_then(|c| c.call());
+                if self
+                    .state
+                    .calls
+                    .admit(&room, token_call, record)
+                    .await
+                    .is_err()
+                {
                     self.session.join_failed();
                     return self.error(
                         &SignalError::new(ErrorCode::CallEnded, "this call has ended")
                             .reply_to("join"),
                     );
-                }
-                if let Some(r) = record {
-                    self.state.recorders.prefer(&room, r);
                 }
                 let joined = self.state.sfu.join(
                     &room,
@@ -271,14 +267,19 @@ impl Conn {
                 );
                 match joined {
                     Ok((p, others)) => {
-                        self.state.calls.joined(
-                            &room,
-                            &p.id,
-                            ParticipantKind::Signaling,
-                            &role,
-                            &display_name,
-                            identity.as_deref(),
-                        );
+                        self.state
+                            .calls
+                            .joined(
+                                &room,
+                                crate::calls::Joining::new(
+                                    &p.id,
+                                    ParticipantKind::Signaling,
+                                    &role,
+                                    &display_name,
+                                    identity.clone(),
+                                ),
+                            )
+                            .await;
                         let any_publishing = others.iter().any(|m| m.publishing);
                         self.session.joined_ok(room.clone(), p.id.to_string());
                         self.send(&ServerMessage::Joined {
@@ -348,9 +349,10 @@ impl Conn {
                 let Some(room) = self.session.joined().map(|(r, _)| r.to_string()) else {
                     return;
                 };
-                if let Err(e) = self.state.recorders.set(&room, enabled).await {
+                let running = self.state.calls.set_recording(&room, enabled).await;
+                if enabled && running.is_none() {
                     self.error(
-                        &SignalError::new(ErrorCode::Internal, format!("recording: {e}"))
+                        &SignalError::new(ErrorCode::Internal, "recording: it did not start")
                             .reply_to("set_recording"),
                     );
                 }

@@ -235,12 +235,13 @@ async fn postgres_down_for_thirty_seconds_mid_call_loses_and_duplicates_nothing(
         "media flows"
     );
     assert!(
-        eventually(Duration::from_secs(5), || srv
-            .state
-            .calls
-            .call_of_room(&room)
-            .is_some())
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while srv.state.calls.call_of_room(&room).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
         .await
+        .is_ok()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(

@@ -42,8 +42,8 @@ pub mod sfu;
 
 pub use peer::{PeerConfig, PeerError};
 pub use sfu::{
-    Participant, ParticipantEvent, RoomEvent, Sfu, SfuConfig, SfuError, SubscribedTrack,
-    SystemSource, Target,
+    Participant, ParticipantEvent, RoomEvent, RoomEventSink, Sfu, SfuConfig, SfuError,
+    SubscribedTrack, SystemSource, Target,
 };
 /// ICE candidate as exchanged with clients (`RTCIceCandidateInit`).
 pub use webrtc::peer_connection::RTCIceCandidateInit as IceCandidateInit;

@@ -124,7 +124,26 @@ struct SfuInner {
     live: AtomicU64,
     /// WHIP publishers and WHEP subscribers, by resource id: a sender that ends them.
     resources: Mutex<HashMap<String, oneshot::Sender<LeaveReason>>>,
-    room_events: tokio::sync::broadcast::Sender<RoomEvent>,
+    /// Where room events go (one consumer, set once by the server's wiring).
+    events: Emitter,
+    /// Woken when `live` drops to zero (shutdown waits on it).
+    idle: tokio::sync::Notify,
+}
+
+/// The consumer of [`RoomEvent`]s: called synchronously, in order, from the place the event
+/// happens (under the room's lock for joins and leaves, so a room's events never overtake each
+/// other). It must not block: the server's sink only queues the event.
+pub type RoomEventSink = Arc<dyn Fn(RoomEvent) + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct Emitter(Arc<std::sync::OnceLock<RoomEventSink>>);
+
+impl Emitter {
+    fn emit(&self, ev: RoomEvent) {
+        if let Some(f) = self.0.get() {
+            f(ev);
+        }
+    }
 }
 
 /// Rooms opening and closing, for consumers such as the recorder wiring.
@@ -187,6 +206,14 @@ impl Room {
     }
 }
 
+impl SfuInner {
+    fn release_live(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 impl Sfu {
     pub fn new(cfg: SfuConfig) -> Self {
         let factory = PeerFactory::new(cfg.peer.clone());
@@ -200,7 +227,8 @@ impl Sfu {
                 next_id: AtomicU64::new(1),
                 live: AtomicU64::new(0),
                 resources: Mutex::new(HashMap::new()),
-                room_events: tokio::sync::broadcast::channel(1024).0,
+                events: Emitter::default(),
+                idle: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -271,10 +299,7 @@ impl Sfu {
         rooms.insert(name.to_string(), room.clone());
         MediaStats::gauge(&self.inner.stats.rooms, 1);
         tracing::info!(room = %name, "room opened");
-        let _ = self
-            .inner
-            .room_events
-            .send(RoomEvent::Opened(name.to_string()));
+        self.inner.events.emit(RoomEvent::Opened(name.to_string()));
         tokio::spawn(level_ticker(
             Arc::downgrade(&room),
             self.inner.cfg.audio_level_interval,
@@ -295,10 +320,9 @@ impl Sfu {
             rooms.remove(room.name.as_ref());
             MediaStats::gauge(&self.inner.stats.rooms, -1);
             tracing::info!(room = %room.name, "room closed");
-            let _ = self
-                .inner
-                .room_events
-                .send(RoomEvent::Closed(room.name.to_string()));
+            self.inner
+                .events
+                .emit(RoomEvent::Closed(room.name.to_string()));
         }
     }
 
@@ -360,9 +384,10 @@ impl Sfu {
         }
     }
 
-    /// Rooms opening and closing from now on.
-    pub fn room_events(&self) -> tokio::sync::broadcast::Receiver<RoomEvent> {
-        self.inner.room_events.subscribe()
+    /// Send every room event from now on to `sink` (lossless: it is called for each event, in
+    /// order). Only the first sink set is used; returns false if one was set already.
+    pub fn set_event_sink(&self, sink: RoomEventSink) -> bool {
+        self.inner.events.0.set(sink).is_ok()
     }
 
     /// Send an event to every participant of a room (e.g. recording started).
@@ -581,7 +606,7 @@ impl Sfu {
                     None,
                     Some(ListenerCtx {
                         count: r.listeners.clone(),
-                        events: self.inner.room_events.clone(),
+                        events: self.inner.events.clone(),
                         room: r.name.clone(),
                         participant: sub_pid.clone(),
                     }),
@@ -662,6 +687,19 @@ impl Sfu {
     /// this to reach zero.
     pub fn live_sessions(&self) -> u64 {
         self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Wait until no participant or WHEP session is live (see [`Sfu::live_sessions`]).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live_sessions() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Participants across all rooms.
@@ -785,7 +823,7 @@ async fn watch_peer(
         {
             if up {
                 l.count.fetch_add(1, Ordering::Relaxed);
-                let _ = l.events.send(RoomEvent::Listening {
+                l.events.emit(RoomEvent::Listening {
                     room: l.room.to_string(),
                     participant: l.participant.to_string(),
                 });
@@ -854,7 +892,7 @@ async fn watch_peer(
 /// A subscribe connection's place in its room's listener count.
 struct ListenerCtx {
     count: Arc<std::sync::atomic::AtomicUsize>,
-    events: tokio::sync::broadcast::Sender<RoomEvent>,
+    events: Emitter,
     room: Arc<str>,
     participant: ParticipantId,
 }
@@ -1012,7 +1050,7 @@ async fn whep_supervisor(
     }
     MediaStats::gauge(&sfu.inner.stats.subscribers, -1);
     peer.close().await;
-    sfu.inner.live.fetch_sub(1, Ordering::Relaxed);
+    sfu.inner.release_live();
     tracing::info!(subscriber = %sub, "WHEP session ended");
 }
 
@@ -1294,7 +1332,7 @@ impl Participant {
                 None,
                 Some(ListenerCtx {
                     count: self.room.listeners.clone(),
-                    events: self.sfu.inner.room_events.clone(),
+                    events: self.sfu.inner.events.clone(),
                     room: self.room.name.clone(),
                     participant: self.id.clone(),
                 }),
@@ -1476,13 +1514,15 @@ impl Participant {
             }
             MediaStats::gauge(&self.sfu.inner.stats.participants, -1);
         }
-        drop(st);
-        lock(&self.room.levels).remove(&self.id);
-        let _ = self.sfu.inner.room_events.send(RoomEvent::Left {
+        // Under the room's lock: a `Left` can never follow the room's `Closed`, which only the
+        // last leaver's `drop_room_if_closed` below can send.
+        self.sfu.inner.events.emit(RoomEvent::Left {
             room: self.room.name.to_string(),
             participant: self.id.to_string(),
             reason,
         });
+        drop(st);
+        lock(&self.room.levels).remove(&self.id);
         self.sfu.drop_room_if_closed(&self.room);
         tracing::info!(room = %self.room.name, participant = %self.id, ?reason, "left");
     }
@@ -1490,7 +1530,7 @@ impl Participant {
 
 impl Drop for Participant {
     fn drop(&mut self) {
-        self.sfu.inner.live.fetch_sub(1, Ordering::Relaxed);
+        self.sfu.inner.release_live();
         if self.left {
             return;
         }

@@ -465,6 +465,7 @@ pub fn validate_room_name(room: &str) -> Result<(), SignalError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -61,6 +61,18 @@ impl StoreHandle {
         }
     }
 
+    /// Queue an op now (in order with every op handed over before) and get a receiver that
+    /// answers once it is durable.
+    pub fn send_durable(&self, op: StoreOp) -> oneshot::Receiver<Durable> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Msg::Op(_, Some(tx)))) =
+            self.tx.send(Msg::Op(Box::new(op), Some(tx)))
+        {
+            let _ = tx.send(Durable::Rejected);
+        }
+        rx
+    }
+
     /// Queue an op and wait until it is durable (in the database or the outbox).
     pub async fn write(&self, op: StoreOp) -> Durable {
         let (tx, rx) = oneshot::channel();
