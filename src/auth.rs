@@ -263,6 +263,35 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The ICE servers a participant is given (signaling's `joined`, call-create, tokens): the
+/// configured STUN/TURN URLs, and TURN with REST credentials for `user` when a TURN secret is
+/// configured.
+pub fn ice_servers(cfg: &crate::config::Config, user: &str) -> Vec<signaling::IceServer> {
+    let mut out = Vec::new();
+    if !cfg.signaling.ice_servers.is_empty() {
+        out.push(signaling::IceServer {
+            urls: cfg.signaling.ice_servers.clone(),
+            username: None,
+            credential: None,
+        });
+    }
+    let urls = cfg.turn_urls();
+    if !cfg.turn.shared_secret.is_empty() && !urls.is_empty() {
+        let c = turn_credentials(
+            &cfg.turn.shared_secret,
+            user,
+            std::time::Duration::from_secs(cfg.turn.credential_ttl_secs),
+            unix_now(),
+        );
+        out.push(signaling::IceServer {
+            urls,
+            username: Some(c.username),
+            credential: Some(c.credential),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,43 +1,40 @@
 //! # commhub
 //!
-//! The server binary's library: configuration, the HTTP/WebSocket front end, and the wiring of
-//! the `signaling`, `media` and `recorder` crates.
+//! The server binary's library: configuration, the HTTP/WebSocket front end, the call
+//! coordinator, the store, and the wiring of the `signaling`, `media` and `recorder` crates.
 //!
-//! ## Layout
-//! - `cli.rs`: command line (`serve`, `config`), logging setup.
-//! - `config.rs`: [`config::Config`]: defaults <- file <- `COMMHUB_*` environment <- flags.
-//! - `server.rs`: [`server::start`] binds, serves (TLS when configured) and shuts down
-//!   gracefully; [`server::app`] builds the router so tests can call it without a socket.
-//! - `ws.rs`: one WebSocket signaling session: the `signaling` state machine driving a
-//!   `media` participant.
-//! - `whip.rs`: WHIP publish and WHEP subscribe endpoints.
-//! - `metrics.rs`: Prometheus text exposition of the media counters.
-//! - `recording.rs`: rooms' taps -> `recorder` recordings, consent audio played into rooms,
-//!   recording events; `recording_api.rs`: the per-room recording switch over HTTP.
-//! - `web.rs`: the demo page and `commhub.js`, embedded in the binary.
-//! - `error.rs`: [`error::AppError`], the one HTTP error type (`{error: {code, message}}`).
+//! ## Layout (one folder per subsystem; `server.rs` wires them)
+//! - `cli.rs`: command line (`serve`, `config`, `migrate`, `recordings`, `dev-cert`), logging.
+//! - `config.rs`: [`config::Config`]: defaults <- file <- `COMMHUB_*` / platform environment
+//!   <- flags.
+//! - `server.rs`: the one wiring point: builds the SFU, recorders, store task and coordinator,
+//!   binds, serves (TLS when configured) and shuts down in order.
+//! - `domain.rs`: typed ids (call, recording, participant, room) and the enumerations the
+//!   database spells as text (status, kind, direction, role, consent kind, end reason).
+//! - `calls/`: the coordinator that owns call lifecycle (`mod.rs`), its rules (`book.rs`, pure,
+//!   unit-tested in `tests.rs`) and its lossless inbox (`queue.rs`).
+//! - `recording/`: rooms' taps -> `recorder` recordings, consent audio played into rooms,
+//!   recording events for the coordinator.
+//! - `store/`: [`store::Store`] (PostgreSQL or embedded SQLite, embedded migrations), the store
+//!   task with its durable outbox (`writer.rs`, `outbox.rs`).
+//! - `http/`: router and [`http::AppState`], extractors, [`http::AppError`], and the handlers:
+//!   call API and `/api/v1` (`api.rs`), recording-upload (`upload.rs`), signaling (`ws.rs`),
+//!   WHIP/WHEP (`whip.rs`), the recording switch (`recording.rs`), health and metrics
+//!   (`metrics.rs`), the demo page (`web.rs`).
+//! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials and the ICE-server list,
+//!   constant-time secrets.
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.
-//! - `store/`: [`store::Store`] (PostgreSQL or embedded SQLite, embedded migrations), the
-//!   store task with its durable outbox (`writer.rs`, `outbox.rs`).
-//! - `calls.rs`: rooms <-> calls; room and recording events -> store writes.
-//! - `api.rs`: call-create, call-end, `/api/v1` (calls, tokens, consent, downloads),
-//!   `/openapi.json` (`openapi.json`), `/dev/token`; `upload.rs`: recording-upload.
-//! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials, constant-time secrets.
+//!
+//! Modules depend one way: `server` -> `http` -> `calls` -> `recording`, `store`, `domain`;
+//! nothing below `http` knows about HTTP.
 
-pub mod api;
 pub mod auth;
 pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod error;
-pub mod metrics;
+pub mod http;
 pub mod recording;
-pub mod recording_api;
 pub mod redact;
 pub mod server;
 pub mod store;
-pub mod upload;
-pub mod web;
-pub mod whip;
-pub mod ws;

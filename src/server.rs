@@ -12,70 +12,51 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use media::{PeerConfig, Sfu, SfuConfig};
 use tokio::sync::watch;
 
 use crate::auth::TokenKey;
 use crate::config::Config;
+pub use crate::http::AppState;
 use crate::store::Store;
 use crate::store::writer::StoreHandle;
 
-/// Everything handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub sfu: Sfu,
-    pub cfg: Arc<Config>,
-    /// Flips to true when shutdown begins.
-    pub shutdown: watch::Receiver<bool>,
-    pub ready: Arc<AtomicBool>,
-    pub started: Instant,
-    pub recorders: crate::recording::Recorders,
-    pub calls: crate::calls::Calls,
-    pub store: StoreHandle,
-    pub tokens: TokenKey,
-}
-
-impl AppState {
-    /// The shared state, and the call coordinator to run (see [`crate::calls`]).
-    pub fn new(
-        cfg: Config,
-        shutdown: watch::Receiver<bool>,
-        store: StoreHandle,
-    ) -> (Self, crate::calls::Coordinator) {
-        let sfu = Sfu::new(sfu_config(&cfg));
-        let recorders = crate::recording::Recorders::new(sfu.clone(), recording_config(&cfg));
-        let (calls, coordinator) = crate::calls::Calls::new(
-            store.clone(),
-            sfu.clone(),
-            recorders.clone(),
-            crate::calls::book::BookConfig {
-                record_by_default: cfg.recording.enabled,
-                abandon_after: Duration::from_secs(cfg.calls.abandon_after_secs),
-                forget_after: Duration::from_secs(cfg.auth.token_ttl_secs),
-                end_timeout: Duration::from_secs(5),
-            },
-        );
-        let tokens = if cfg.auth.jwt_secret.is_empty() {
-            TokenKey::random()
-        } else {
-            TokenKey::new(cfg.auth.jwt_secret.as_bytes())
-        };
-        let state = AppState {
-            sfu,
-            recorders,
-            calls,
-            store,
-            tokens,
-            cfg: Arc::new(cfg),
-            shutdown,
-            ready: Arc::new(AtomicBool::new(true)),
-            started: Instant::now(),
-        };
-        (state, coordinator)
-    }
+/// Build the shared state, and the call coordinator to run (see [`crate::calls`]).
+pub fn new_state(
+    cfg: Config,
+    shutdown: watch::Receiver<bool>,
+    store: StoreHandle,
+) -> (AppState, crate::calls::Coordinator) {
+    let sfu = Sfu::new(sfu_config(&cfg));
+    let recorders = crate::recording::Recorders::new(sfu.clone(), recording_config(&cfg));
+    let (calls, coordinator) = crate::calls::Calls::new(
+        store.clone(),
+        sfu.clone(),
+        recorders.clone(),
+        crate::calls::book::BookConfig {
+            record_by_default: cfg.recording.enabled,
+            abandon_after: Duration::from_secs(cfg.calls.abandon_after_secs),
+            forget_after: Duration::from_secs(cfg.auth.token_ttl_secs),
+            end_timeout: Duration::from_secs(5),
+        },
+    );
+    let tokens = if cfg.auth.jwt_secret.is_empty() {
+        TokenKey::random()
+    } else {
+        TokenKey::new(cfg.auth.jwt_secret.as_bytes())
+    };
+    let state = AppState {
+        sfu,
+        recorders,
+        calls,
+        store,
+        tokens,
+        cfg: Arc::new(cfg),
+        shutdown,
+        ready: Arc::new(AtomicBool::new(true)),
+        started: Instant::now(),
+    };
+    (state, coordinator)
 }
 
 /// Open the database (migrating it) and start the store task.
@@ -137,38 +118,6 @@ pub fn recording_config(cfg: &Config) -> recorder::RecordingConfig {
     }
 }
 
-/// The HTTP router.
-pub fn app(state: AppState) -> Router {
-    let body_limit = state.cfg.server.max_body_bytes;
-    Router::new()
-        .route("/", get(crate::web::index))
-        .route("/commhub.js", get(crate::web::client_js))
-        .route("/ws", get(crate::ws::upgrade))
-        .route("/whip/{room}", post(crate::whip::whip_post))
-        .route(
-            "/whip/{room}/{participant}",
-            axum::routing::delete(crate::whip::whip_delete).patch(crate::whip::not_supported),
-        )
-        .route("/whep/{room}/{participant}", post(crate::whip::whep_post))
-        .route(
-            "/whep/{room}/{participant}/{subscriber}",
-            axum::routing::delete(crate::whip::whep_delete).patch(crate::whip::not_supported),
-        )
-        .route(
-            "/api/v1/rooms/{room}/recording",
-            post(crate::recording_api::set_recording).get(crate::recording_api::get_recording),
-        )
-        .merge(crate::api::routes(&state))
-        .route("/healthz", get(crate::metrics::healthz))
-        .route("/readyz", get(crate::metrics::readyz))
-        .route("/metrics", get(crate::metrics::metrics))
-        .fallback(crate::web::not_found)
-        // Bodies up to twice the limit reach the handlers, which answer 413 in JSON; beyond
-        // that the framework refuses the upload itself.
-        .layer(DefaultBodyLimit::max(body_limit.saturating_mul(2)))
-        .with_state(state)
-}
-
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
@@ -218,13 +167,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store, store_task) = open_store(&cfg).await?;
-    let (state, coordinator) = AppState::new(cfg.clone(), shutdown_rx.clone(), store);
+    let (state, coordinator) = new_state(cfg.clone(), shutdown_rx.clone(), store);
     // The coordinator runs until `calls.shutdown()` below; `abort` only cuts it short when the
     // finalisation itself hangs past its bound.
     let abort = tokio_util::sync::CancellationToken::new();
     let coordinator_task = tokio::spawn(coordinator.run(abort.clone()));
-    crate::api::warn_about_auth(&cfg);
-    let router = app(state.clone());
+    crate::http::api::warn_about_auth(&cfg);
+    let router = crate::http::app(state.clone());
     let handle = axum_server::Handle::new();
     let tls = cfg.server.tls_cert.is_some();
 

@@ -3,8 +3,8 @@
 use axum::http::header;
 use axum::response::IntoResponse;
 
-const INDEX_HTML: &str = include_str!("../static/index.html");
-const CLIENT_JS: &str = include_str!("../static/commhub.js");
+const INDEX_HTML: &str = include_str!("../../static/index.html");
+const CLIENT_JS: &str = include_str!("../../static/commhub.js");
 
 pub async fn index() -> impl IntoResponse {
     (
@@ -27,5 +27,5 @@ pub async fn client_js() -> impl IntoResponse {
 }
 
 pub async fn not_found() -> impl IntoResponse {
-    crate::error::AppError::NotFound("no such route".into()).into_response()
+    crate::http::AppError::NotFound("no such route".into()).into_response()
 }

@@ -10,8 +10,8 @@ use media::SfuError;
 use serde::Deserialize;
 use signaling::{Role, validate_room_name};
 
-use crate::error::AppError;
-use crate::server::AppState;
+use crate::http::AppError;
+use crate::http::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct WhipQuery {

@@ -19,7 +19,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::{Datelike, Utc};
@@ -28,9 +28,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::{bearer, secret_matches};
-use crate::error::AppError;
-use crate::server::AppState;
+use crate::http::AppError;
+use crate::http::AppState;
 use crate::store::writer::Durable;
 use crate::store::{RecordingRow, StoreOp, storage_key};
 
@@ -289,16 +288,10 @@ fn make_pair(
 
 pub async fn recording_upload(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    // 1. The PBX token (before the body is read).
+    _pbx: crate::http::extract::PbxToken,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    // 1. The PBX token.
-    let token = bearer(&headers).unwrap_or("");
-    if !secret_matches(token, &state.cfg.auth.pbx_token) {
-        return Err(AppError::Unauthorized(
-            "a valid PBX token is required: Authorization: Bearer PBX_AUTH_TOKEN".into(),
-        ));
-    }
     // 2. The body.
     let limit = state.cfg.api.max_upload_bytes;
     let body = body.map_err(|e| {
@@ -371,10 +364,9 @@ pub async fn recording_upload(
     let store = &state.store.store;
     let call = store
         .call(&call_id)
-        .await
-        .map_err(AppError::db)?
+        .await?
         .ok_or_else(|| AppError::coded(StatusCode::NOT_FOUND, "unknown_call", "no such call"))?;
-    if let Some(r) = store.uploaded(&call_id, &got).await.map_err(AppError::db)? {
+    if let Some(r) = store.uploaded(&call_id, &got).await? {
         return Ok((StatusCode::OK, Json(response(&r, true))).into_response());
     }
     // 5. The audio: the claimed codec, channels, rate and duration.

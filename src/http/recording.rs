@@ -6,8 +6,9 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::AppError;
-use crate::server::AppState;
+use crate::http::AppError;
+use crate::http::AppState;
+use crate::http::extract::ApiKey;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,11 +18,10 @@ pub struct SetRecording {
 
 pub async fn set_recording(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
+    _key: ApiKey,
     Path(room): Path<String>,
     body: Result<Json<SetRecording>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
-    crate::api::require_api_key(&state, &headers)?;
     let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     signaling::validate_room_name(&room).map_err(|e| AppError::BadRequest(e.message))?;
     let open = state.sfu.participants(&room).is_some();
@@ -45,10 +45,9 @@ pub async fn set_recording(
 
 pub async fn get_recording(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
+    _key: ApiKey,
     Path(room): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    crate::api::require_api_key(&state, &headers)?;
     let open = state.sfu.participants(&room).is_some();
     if !open {
         return Err(AppError::NotFound(format!("no open room `{room}`")));

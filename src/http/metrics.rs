@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::server::AppState;
+use crate::http::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")

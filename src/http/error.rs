@@ -50,6 +50,12 @@ impl AppError {
     }
 }
 
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::db(e)
+    }
+}
+
 impl AppError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {

@@ -14,13 +14,12 @@ use media::{
     ParticipantKind, ParticipantMeta, SfuError, Target,
 };
 use signaling::{
-    Action, ErrorCode, IceCandidate, IceServer, LeaveReason, Level, PROTOCOL_VERSION,
-    ParticipantInfo, PcTarget, ServerMessage, Session, SignalError, TrackInfo,
-    parse_client_message,
+    Action, ErrorCode, IceCandidate, LeaveReason, Level, PROTOCOL_VERSION, ParticipantInfo,
+    PcTarget, ServerMessage, Session, SignalError, TrackInfo, parse_client_message,
 };
 use tokio::sync::mpsc;
 
-use crate::server::AppState;
+use crate::http::AppState;
 
 /// Frames larger than this close the socket outright; up to it, the protocol's 64 KiB limit
 /// answers with a typed `too_large` error.
@@ -30,18 +29,6 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Res
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(socket, state))
-}
-
-pub fn leave_reason(r: MediaLeave) -> LeaveReason {
-    match r {
-        MediaLeave::Left => LeaveReason::Left,
-        MediaLeave::Disconnected => LeaveReason::Disconnected,
-        MediaLeave::MediaTimeout => LeaveReason::MediaTimeout,
-        MediaLeave::KeepaliveTimeout => LeaveReason::KeepaliveTimeout,
-        MediaLeave::ServerShutdown => LeaveReason::ServerShutdown,
-        MediaLeave::Kicked => LeaveReason::Kicked,
-        MediaLeave::CallEnded => LeaveReason::CallEnded,
-    }
 }
 
 fn info(m: &ParticipantMeta) -> ParticipantInfo {
@@ -133,34 +120,6 @@ pub fn authorize(
         tracing::debug!(code = e.code(), "join refused");
         SignalError::new(ErrorCode::Unauthorized, format!("{}: {e}", e.code()))
     })
-}
-
-/// The `ice_servers` of `joined`: configured STUN/TURN URLs, and TURN with REST credentials
-/// for this participant when a TURN secret is configured.
-fn ice_servers(cfg: &crate::config::Config, user: &str) -> Vec<IceServer> {
-    let mut out = Vec::new();
-    if !cfg.signaling.ice_servers.is_empty() {
-        out.push(IceServer {
-            urls: cfg.signaling.ice_servers.clone(),
-            username: None,
-            credential: None,
-        });
-    }
-    let urls = cfg.turn_urls();
-    if !cfg.turn.shared_secret.is_empty() && !urls.is_empty() {
-        let c = crate::auth::turn_credentials(
-            &cfg.turn.shared_secret,
-            user,
-            Duration::from_secs(cfg.turn.credential_ttl_secs),
-            crate::auth::unix_now(),
-        );
-        out.push(IceServer {
-            urls,
-            username: Some(c.username),
-            credential: Some(c.credential),
-        });
-    }
-    out
 }
 
 struct Conn {
@@ -286,7 +245,7 @@ impl Conn {
                             room,
                             participant_id: p.id.to_string(),
                             participants: others.iter().map(info).collect(),
-                            ice_servers: ice_servers(
+                            ice_servers: crate::auth::ice_servers(
                                 &self.state.cfg,
                                 identity.as_deref().unwrap_or(&display_name),
                             ),
@@ -382,7 +341,7 @@ impl Conn {
             ParticipantEvent::Notice(Notice::Left { id, reason }) => {
                 self.send(&ServerMessage::ParticipantLeft {
                     participant_id: id.to_string(),
-                    reason: leave_reason(reason),
+                    reason: crate::domain::leave_reason(reason),
                 });
             }
             ParticipantEvent::Notice(Notice::TracksChanged) => {
@@ -429,7 +388,7 @@ impl Conn {
             ParticipantEvent::Removed(reason) => {
                 self.leave(reason).await;
                 self.send(&ServerMessage::Bye {
-                    reason: leave_reason(reason),
+                    reason: crate::domain::leave_reason(reason),
                 });
                 return false;
             }

@@ -21,11 +21,12 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::auth::{bearer, secret_matches, turn_credentials, unix_now};
+use crate::auth::{turn_credentials, unix_now};
 use crate::calls::NewCall;
 use crate::config::Config;
-use crate::error::AppError;
-use crate::server::AppState;
+use crate::http::AppError;
+use crate::http::AppState;
+use crate::http::extract::ApiKey;
 use crate::store::writer::Durable;
 use crate::store::{CallFilter, ConsentRow, StoreOp};
 
@@ -46,7 +47,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route(
             "/functions/v1/recording-upload",
             // The handler answers 413 itself for bodies it can see are too large.
-            post(crate::upload::recording_upload)
+            post(crate::http::upload::recording_upload)
                 .layer(DefaultBodyLimit::max(upload_limit.saturating_add(1))),
         )
         .route("/api/v1/calls", get(list_calls))
@@ -88,33 +89,6 @@ pub fn warn_about_auth(cfg: &Config) {
         tracing::info!(
             "PBX_AUTH_TOKEN (auth.pbx_token) is not set: recording-upload refuses every request"
         );
-    }
-}
-
-fn unauthorized(msg: &str) -> AppError {
-    AppError::Unauthorized(msg.to_string())
-}
-
-/// `/api/v1` and call-create/call-end.
-pub fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let a = &state.cfg.auth;
-    if !a.enabled || a.dev_mode {
-        return Ok(());
-    }
-    let Some(key) = bearer(headers) else {
-        return Err(unauthorized(
-            "an API key is required: Authorization: Bearer <key>",
-        ));
-    };
-    // Compare with every key (no early exit), constant-time each.
-    let ok = a
-        .api_keys
-        .iter()
-        .fold(false, |ok, k| secret_matches(key, k) | ok);
-    if ok {
-        Ok(())
-    } else {
-        Err(unauthorized("the API key is not valid"))
     }
 }
 
@@ -206,24 +180,9 @@ fn signaling_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}/ws")
 }
 
-/// `iceServers` for a participant: the TURN URLs with fresh REST credentials, and the
-/// configured plain ICE servers.
+/// `iceServers` for a participant (see [`crate::auth::ice_servers`]).
 pub fn ice_servers(cfg: &Config, user: &str) -> Value {
-    let mut out = Vec::new();
-    if !cfg.signaling.ice_servers.is_empty() {
-        out.push(json!({"urls": cfg.signaling.ice_servers}));
-    }
-    let urls = cfg.turn_urls();
-    if !cfg.turn.shared_secret.is_empty() && !urls.is_empty() {
-        let c = turn_credentials(
-            &cfg.turn.shared_secret,
-            user,
-            Duration::from_secs(cfg.turn.credential_ttl_secs),
-            unix_now(),
-        );
-        out.push(json!({"urls": urls, "username": c.username, "credential": c.credential}));
-    }
-    Value::Array(out)
+    serde_json::to_value(crate::auth::ice_servers(cfg, user)).unwrap_or(Value::Array(vec![]))
 }
 
 /// A display name for a token: at most 64 characters, no control characters.
@@ -281,10 +240,10 @@ pub struct CallCreate {
 
 async fn call_create(
     State(state): State<AppState>,
+    _key: ApiKey,
     headers: HeaderMap,
     body: Result<Json<CallCreate>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    require_api_key(&state, &headers)?;
     let b = json_body(body)?;
     let kind = b.kind.as_deref().unwrap_or("webrtc").to_ascii_lowercase();
     if !["webrtc", "pstn", "hybrid"].contains(&kind.as_str()) {
@@ -408,10 +367,9 @@ pub struct CallEnd {
 
 async fn call_end(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Json<CallEnd>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
-    require_api_key(&state, &headers)?;
     let b = json_body(body)?;
     let id = parse_call_id(&b.call_id)?;
     let reason = b
@@ -483,10 +441,9 @@ fn one_of(name: &str, v: Option<String>, allowed: &[&str]) -> Result<Option<Stri
 
 async fn list_calls(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _key: ApiKey,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    require_api_key(&state, &headers)?;
     let Query(q) = q.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let api = &state.cfg.api;
     let limit = q.limit.unwrap_or(api.page_size);
@@ -513,12 +470,7 @@ async fn list_calls(
             _ => return Err(AppError::BadRequest("offset must be 0..=1000000000".into())),
         },
     };
-    let (calls, total) = state
-        .store
-        .store
-        .list_calls(&f)
-        .await
-        .map_err(AppError::db)?;
+    let (calls, total) = state.store.store.list_calls(&f).await?;
     let next = f.offset + calls.len() as u64;
     Ok(Json(json!({
         "calls": calls,
@@ -540,20 +492,15 @@ fn recording_json(r: &crate::store::RecordingRow) -> Value {
 
 async fn get_call(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    require_api_key(&state, &headers)?;
     let id = parse_call_id(&id)?;
     let s = &state.store.store;
-    let call = s
-        .call(&id)
-        .await
-        .map_err(AppError::db)?
-        .ok_or_else(unknown_call)?;
-    let participants = s.participants(&id).await.map_err(AppError::db)?;
-    let recordings = s.recordings(&id).await.map_err(AppError::db)?;
-    let consent = s.consent_events(&id).await.map_err(AppError::db)?;
+    let call = s.call(&id).await?.ok_or_else(unknown_call)?;
+    let participants = s.participants(&id).await?;
+    let recordings = s.recordings(&id).await?;
+    let consent = s.consent_events(&id).await?;
     Ok(Json(json!({
         "call": call,
         "participants": participants,
@@ -571,11 +518,11 @@ pub struct TokenRequest {
 
 async fn issue_token(
     State(state): State<AppState>,
+    _key: ApiKey,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    require_api_key(&state, &headers)?;
     let id = parse_call_id(&id)?;
     let b = json_body(body)?;
     let call = find_call_or_live(&state, &id)
@@ -612,11 +559,10 @@ pub struct ConsentRequest {
 
 async fn log_consent(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(id): Path<String>,
     body: Result<Json<ConsentRequest>, JsonRejection>,
 ) -> Result<Response, AppError> {
-    require_api_key(&state, &headers)?;
     let id = parse_call_id(&id)?;
     let b = json_body(body)?;
     if !["verbal_yes", "verbal_no", "dtmf_1"].contains(&b.kind.as_str()) {
@@ -630,12 +576,7 @@ async fn log_consent(
         Some(p) => {
             let pid = Uuid::parse_str(p)
                 .map_err(|_| AppError::BadRequest("participant_id must be a UUID".into()))?;
-            let ps = state
-                .store
-                .store
-                .participants(&id)
-                .await
-                .map_err(AppError::db)?;
+            let ps = state.store.store.participants(&id).await?;
             if !ps.iter().any(|x| x.id == pid) {
                 return Err(AppError::BadRequest(
                     "participant_id is not a participant of this call".into(),
@@ -668,19 +609,17 @@ async fn log_consent(
 
 async fn download(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path((id, format)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, AppError> {
-    require_api_key(&state, &headers)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| AppError::BadRequest("the recording id must be a UUID".into()))?;
     let r = state
         .store
         .store
         .recording(&id)
-        .await
-        .map_err(AppError::db)?
+        .await?
         .ok_or_else(|| AppError::NotFound("no such recording".into()))?;
     if r.status != "ready" {
         return Err(AppError::coded(

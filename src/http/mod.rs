@@ -1,0 +1,85 @@
+//! The HTTP layer: the router, the state every handler shares, the extractors that check
+//! credentials, and the one error type. Handlers are thin: parse, ask the subsystem
+//! (`crate::calls`, `crate::store`, the SFU), map the result.
+//!
+//! - `api.rs`: call-create, call-end, `/api/v1` (calls, tokens, consent, downloads),
+//!   `/openapi.json` (`openapi.json`), `/dev/token`; `upload.rs`: the PBX's recording-upload.
+//! - `ws.rs`: one WebSocket signaling session: the `signaling` state machine driving a `media`
+//!   participant. `whip.rs`: WHIP publish and WHEP subscribe.
+//! - `recording.rs`: the per-room recording switch.
+//! - `metrics.rs`: `/healthz`, `/readyz`, Prometheus `/metrics`. `web.rs`: the demo page and
+//!   `commhub.js`, embedded in the binary.
+//! - `extract.rs`: the API key and PBX token extractors. `error.rs`: [`AppError`].
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod recording;
+pub mod upload;
+pub mod web;
+pub mod whip;
+pub mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use media::Sfu;
+use tokio::sync::watch;
+
+pub use error::AppError;
+
+use crate::auth::TokenKey;
+use crate::config::Config;
+use crate::store::writer::StoreHandle;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub sfu: Sfu,
+    pub cfg: Arc<Config>,
+    /// Flips to true when shutdown begins.
+    pub shutdown: watch::Receiver<bool>,
+    pub ready: Arc<AtomicBool>,
+    pub started: Instant,
+    pub recorders: crate::recording::Recorders,
+    pub calls: crate::calls::Calls,
+    pub store: StoreHandle,
+    pub tokens: TokenKey,
+}
+
+/// The HTTP router.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.cfg.server.max_body_bytes;
+    Router::new()
+        .route("/", get(web::index))
+        .route("/commhub.js", get(web::client_js))
+        .route("/ws", get(ws::upgrade))
+        .route("/whip/{room}", post(whip::whip_post))
+        .route(
+            "/whip/{room}/{participant}",
+            axum::routing::delete(whip::whip_delete).patch(whip::not_supported),
+        )
+        .route("/whep/{room}/{participant}", post(whip::whep_post))
+        .route(
+            "/whep/{room}/{participant}/{subscriber}",
+            axum::routing::delete(whip::whep_delete).patch(whip::not_supported),
+        )
+        .route(
+            "/api/v1/rooms/{room}/recording",
+            post(recording::set_recording).get(recording::get_recording),
+        )
+        .merge(api::routes(&state))
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(web::not_found)
+        // Bodies up to twice the limit reach the handlers, which answer 413 in JSON; beyond
+        // that the framework refuses the upload itself.
+        .layer(DefaultBodyLimit::max(body_limit.saturating_mul(2)))
+        .with_state(state)
+}
