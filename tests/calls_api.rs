@@ -836,3 +836,51 @@ async fn store_task_keeps_refused_writes_and_goes_on() {
         .expect("the task ends after close")
         .expect("task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_joins_is_abandoned_and_its_token_refused() {
+    let srv = server(|c| {
+        auth_on(c);
+        c.calls.abandon_after_secs = 10;
+    })
+    .await;
+    let base = srv.http_url();
+    let (st, created) = post(
+        &format!("{base}/functions/v1/call-create"),
+        &json!({"kind": "webrtc", "direction": "internal", "identity": "agent-1", "role": "agent"}),
+    );
+    assert_eq!(st, 201, "{created}");
+    let call_id = created["call_id"].as_str().expect("call_id").to_string();
+    let room = created["room"].as_str().expect("room").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+    // Still open before the limit.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, v) = get(&format!("{base}/api/v1/calls/{call_id}"));
+    assert_eq!(v["call"]["status"], "created", "{v}");
+    // Ended as abandoned once nobody joined for 10 s.
+    let mut v = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            v = get(&format!("{base}/api/v1/calls/{call_id}")).1;
+            v["call"]["status"] == "ended"
+        })
+        .await,
+        "{v}"
+    );
+    assert_eq!(v["call"]["end_reason"], "abandoned", "{v}");
+    assert_eq!(v["call"]["duration_sec"], 0, "{v}");
+    // Its token no longer lets anyone in.
+    let mut ws = Ws::connect(&srv.ws_url()).await.expect("ws");
+    ws.send(json!({"type": "join", "room": room, "display_name": "Late", "token": token}))
+        .await
+        .expect("send");
+    let e = next_error(&mut ws).await;
+    assert_eq!(e["code"], "call_ended", "{e}");
+    // Counted.
+    let (_, metrics) = common::http("GET", &format!("{base}/metrics"), "", "").await;
+    assert!(
+        metrics.contains("commhub_calls_abandoned_total 1"),
+        "{metrics}"
+    );
+    srv.stop().await.expect("stop");
+}
