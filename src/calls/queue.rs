@@ -28,6 +28,9 @@ struct Inner<T> {
     has_items: Notify,
     has_room: Notify,
     closed: AtomicBool,
+    /// The receiver is gone (the coordinator ended): events are refused, so whoever waits for
+    /// a reply learns it at once instead of waiting forever.
+    gone: AtomicBool,
     stats: Arc<QueueStats>,
 }
 
@@ -56,6 +59,7 @@ pub fn channel<T>(capacity: usize) -> (EventSender<T>, EventReceiver<T>) {
         has_items: Notify::new(),
         has_room: Notify::new(),
         closed: AtomicBool::new(false),
+        gone: AtomicBool::new(false),
         stats: Arc::new(QueueStats::default()),
     });
     (
@@ -74,6 +78,9 @@ impl<T> EventSender<T> {
     /// Enqueue without waiting (for code that cannot await). Never drops.
     pub fn push(&self, ev: T) {
         let mut q = lock(&self.inner.q);
+        if self.inner.gone.load(Ordering::Acquire) {
+            return;
+        }
         if q.len() >= self.inner.capacity {
             self.inner
                 .stats
@@ -98,6 +105,9 @@ impl<T> EventSender<T> {
             room.as_mut().enable();
             {
                 let mut q = lock(&self.inner.q);
+                if self.inner.gone.load(Ordering::Acquire) {
+                    return;
+                }
                 if q.len() < self.inner.capacity {
                     q.push_back(ev);
                     self.inner
@@ -161,6 +171,19 @@ impl<T> EventReceiver<T> {
     }
 }
 
+impl<T> Drop for EventReceiver<T> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.inner.q);
+        self.inner.gone.store(true, Ordering::Release);
+        self.inner.closed.store(true, Ordering::Release);
+        // Dropping what is left drops its reply channels: their senders learn it now.
+        let left = std::mem::take(&mut *q);
+        drop(q);
+        drop(left);
+        self.inner.has_room.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +224,20 @@ mod tests {
         assert_eq!(rx.recv().await, Some(3));
         rx.close();
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_gone_receiver_refuses_at_once() {
+        let (tx, rx) = channel::<tokio::sync::oneshot::Sender<()>>(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.push(reply);
+        drop(rx);
+        assert!(
+            answer.await.is_err(),
+            "the queued reply channel was dropped"
+        );
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.send(reply).await;
+        assert!(answer.await.is_err(), "a later send is refused");
     }
 }
