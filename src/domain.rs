@@ -120,6 +120,8 @@ macro_rules! text_enum {
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every text form, in declaration order.
+            pub const TEXTS: &'static [&'static str] = &[$($text),+];
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
@@ -256,6 +258,15 @@ pub fn consent_id(recording: RecordingId, kind: ConsentKind, offset_ms: u64) -> 
         &Uuid::NAMESPACE_OID,
         format!("commhub/consent/{recording}/{}/{offset_ms}", kind.as_str()).as_bytes(),
     )
+}
+
+/// "a, b or c": how error messages list the accepted values.
+pub fn or_list(texts: &[&str]) -> String {
+    match texts {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
 }
 
 /// Why a participant left, in the signaling protocol's words (also the database's

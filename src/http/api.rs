@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::{turn_credentials, unix_now};
 use crate::calls::NewCall;
 use crate::config::Config;
+use crate::domain::{CallKind, CallStatus, Direction, RecordingStatus, Role, or_list};
 use crate::http::AppError;
 use crate::http::AppState;
 use crate::http::extract::ApiKey;
@@ -125,17 +126,14 @@ fn number(field: &str, v: Option<String>) -> Result<Option<String>, AppError> {
     }
 }
 
-const ROLES: [&str; 5] = ["agent", "customer", "pstn", "supervisor", "guest"];
-
 fn role(v: Option<&str>, default: &str) -> Result<String, AppError> {
     let r = v.unwrap_or(default).trim().to_ascii_lowercase();
-    if ROLES.contains(&r.as_str()) {
-        Ok(r)
-    } else {
-        Err(AppError::BadRequest(format!(
+    match r.parse::<Role>() {
+        Ok(r) => Ok(r.as_str().to_string()),
+        Err(_) => Err(AppError::BadRequest(format!(
             "role must be one of {}",
-            ROLES.join(", ")
-        )))
+            Role::TEXTS.join(", ")
+        ))),
     }
 }
 
@@ -246,24 +244,26 @@ async fn call_create(
 ) -> Result<Response, AppError> {
     let b = json_body(body)?;
     let kind = b.kind.as_deref().unwrap_or("webrtc").to_ascii_lowercase();
-    if !["webrtc", "pstn", "hybrid"].contains(&kind.as_str()) {
-        return Err(AppError::BadRequest(
-            "kind must be webrtc, pstn or hybrid".into(),
-        ));
+    if kind.parse::<CallKind>().is_err() {
+        return Err(AppError::BadRequest(format!(
+            "kind must be {}",
+            or_list(CallKind::TEXTS)
+        )));
     }
     let direction = b
         .direction
         .as_deref()
         .unwrap_or("outbound")
         .to_ascii_lowercase();
-    if !["inbound", "outbound", "internal"].contains(&direction.as_str()) {
-        return Err(AppError::BadRequest(
-            "direction must be inbound, outbound or internal".into(),
-        ));
+    if direction.parse::<Direction>().is_err() {
+        return Err(AppError::BadRequest(format!(
+            "direction must be {}",
+            or_list(Direction::TEXTS)
+        )));
     }
     let from = number("from", b.from)?;
     let to = number("to", b.to)?;
-    if kind != "webrtc" && from.is_none() && to.is_none() {
+    if kind != CallKind::Webrtc.as_str() && from.is_none() && to.is_none() {
         return Err(AppError::BadRequest(format!(
             "a {kind} call needs `to` (or `from`): the phone number"
         )));
@@ -344,7 +344,13 @@ async fn find_call_or_live(
                 Some((room, ended)) => {
                     tracing::warn!(call = %id, error = %e, "database unreachable; using the live call");
                     Ok(Some(crate::store::Call {
-                        status: if ended { "ended" } else { "active" }.into(),
+                        status: if ended {
+                            CallStatus::Ended
+                        } else {
+                            CallStatus::Active
+                        }
+                        .as_str()
+                        .into(),
                         ..crate::store::Call::adhoc(*id, room.as_str())
                     }))
                 }
@@ -380,7 +386,7 @@ async fn call_end(
     let call = find_call_or_live(&state, &id)
         .await?
         .ok_or_else(unknown_call)?;
-    if call.status == "ended" {
+    if call.status == CallStatus::Ended.as_str() {
         return Ok(Json(json!({
             "call_id": id, "status": "ended", "already_ended": true, "call": call,
         })));
@@ -454,13 +460,9 @@ async fn list_calls(
         )));
     }
     let f = CallFilter {
-        status: one_of("status", q.status, &["created", "active", "ended"])?,
-        kind: one_of("kind", q.kind, &["webrtc", "pstn", "hybrid"])?,
-        direction: one_of(
-            "direction",
-            q.direction,
-            &["inbound", "outbound", "internal"],
-        )?,
+        status: one_of("status", q.status, CallStatus::TEXTS)?,
+        kind: one_of("kind", q.kind, CallKind::TEXTS)?,
+        direction: one_of("direction", q.direction, Direction::TEXTS)?,
         number: number("number", q.number)?,
         since: time_param("since", q.since)?,
         until: time_param("until", q.until)?,
@@ -483,7 +485,7 @@ async fn list_calls(
 
 fn recording_json(r: &crate::store::RecordingRow) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    if r.status == "ready" {
+    if r.status == RecordingStatus::Ready.as_str() {
         v["flac_url"] = json!(format!("/api/v1/recordings/{}/flac", r.id));
         v["mp3_url"] = json!(format!("/api/v1/recordings/{}/mp3", r.id));
     }
@@ -528,7 +530,7 @@ async fn issue_token(
     let call = find_call_or_live(&state, &id)
         .await?
         .ok_or_else(unknown_call)?;
-    if call.status == "ended" {
+    if call.status == CallStatus::Ended.as_str() {
         return Err(AppError::coded(
             StatusCode::CONFLICT,
             "call_ended",
@@ -621,7 +623,7 @@ async fn download(
         .recording(&id)
         .await?
         .ok_or_else(|| AppError::NotFound("no such recording".into()))?;
-    if r.status != "ready" {
+    if r.status != RecordingStatus::Ready.as_str() {
         return Err(AppError::coded(
             StatusCode::CONFLICT,
             "not_ready",

@@ -469,7 +469,7 @@ pub async fn recording_upload(
         id: rid,
         call_id: call.id,
         source: "pbx-upload".into(),
-        status: "ready".into(),
+        status: crate::domain::RecordingStatus::Ready.as_str().into(),
         codec: codec.clone(),
         flac_key: Some(storage_key(&root, &flac)),
         mp3_key: Some(storage_key(&root, &mp3)),
