@@ -492,6 +492,12 @@ fn run_encoder(
     room: &str,
 ) -> Result<Summary, String> {
     let recording_id = meta.recording_id.clone();
+    // How far the timeline may be rendered: the newest packet's arrival while commands are
+    // queued (the thread may be behind, e.g. on a slow disk, and a Stop may be waiting in the
+    // queue), the wall clock only once the queue is empty. Rendering to `now` while behind
+    // would stretch the recording past the end of the call. Creating the files may itself
+    // take long on a slow disk, so it starts at the recording's start, not at `now`.
+    let mut horizon = meta.started_at;
     let mut rec = Recording::start(cfg, meta).map_err(|e| e.to_string())?;
     let report = |evs: Vec<ConsentEvent>| {
         for e in evs {
@@ -509,24 +515,84 @@ fn run_encoder(
     loop {
         match rx.recv_timeout(tick) {
             Ok(Cmd::Participant { id, role, name, at }) => {
+                horizon = horizon.max(at);
                 rec.add_participant(&id, &role, &name, at)
                     .map_err(|e| e.to_string())?;
             }
-            Ok(Cmd::Packet(p)) => rec.push(p).map_err(|e| e.to_string())?,
+            Ok(Cmd::Packet(p)) => {
+                horizon = horizon.max(p.arrival);
+                rec.push(p).map_err(|e| e.to_string())?
+            }
             Ok(Cmd::Stop(at)) => {
                 let s = rec.finish(at).map_err(|e| e.to_string())?;
                 return Ok(s);
             }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Timeout) => horizon = SystemTime::now(),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                let s = rec.finish(SystemTime::now()).map_err(|e| e.to_string())?;
+                let s = rec.finish(horizon).map_err(|e| e.to_string())?;
                 return Ok(s);
             }
         }
         if last_advance.elapsed() >= tick {
             last_advance = std::time::Instant::now();
-            let evs = rec.advance(SystemTime::now()).map_err(|e| e.to_string())?;
+            let evs = rec.advance(horizon).map_err(|e| e.to_string())?;
             report(evs);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A recording thread that is behind (its files were slow to create, or the disk is slow)
+    /// finds the whole call, and its stop, already queued: the recording must end where the
+    /// call ended, not where the wall clock is when the thread catches up.
+    #[test]
+    fn a_thread_that_is_behind_does_not_record_past_the_stop() {
+        let root =
+            std::env::temp_dir().join(format!("commhub-rec-behind-{}", rand::random::<u32>()));
+        let cfg = RecordingConfig {
+            storage_root: root.clone(),
+            announcement: None,
+            ..Default::default()
+        };
+        // The call started 120 s ago and lasted 60 s; the thread only starts now.
+        let started_at = SystemTime::now() - Duration::from_secs(120);
+        let meta = RecordingMeta {
+            call_id: uuid::Uuid::new_v4().to_string(),
+            recording_id: uuid::Uuid::new_v4().to_string(),
+            room: "behind".into(),
+            started_at,
+        };
+        let (tx, rx) = std_mpsc::channel();
+        tx.send(Cmd::Participant {
+            id: "p1".into(),
+            role: "agent".into(),
+            name: "A".into(),
+            at: started_at,
+        })
+        .unwrap();
+        let frame = recorder::encode_opus_frames(&vec![1000i16; 960 * 3000]).unwrap();
+        for (i, f) in frame.into_iter().enumerate() {
+            tx.send(Cmd::Packet(RecorderPacket {
+                participant_id: "p1".into(),
+                sequence: i as u16,
+                timestamp: (i * 960) as u32,
+                arrival: started_at + Duration::from_millis(20 * i as u64),
+                payload: Bytes::from(f),
+            }))
+            .unwrap();
+        }
+        tx.send(Cmd::Stop(started_at + Duration::from_secs(60)))
+            .unwrap();
+        let s = run_encoder(&cfg, meta, rx, &Emitter::default(), "behind").unwrap();
+        let secs = s.duration.as_secs_f64();
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(
+            (59.0..=61.0).contains(&secs),
+            "the recording lasts the call's 60 s, not until the thread caught up: {secs:.1} s"
+        );
     }
 }
