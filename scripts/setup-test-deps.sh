@@ -2,8 +2,9 @@
 # Install everything commhub's tests need besides the Rust toolchain:
 #   - Debian packages (chromium for the browser test, sox/ffmpeg/gstreamer for media tools,
 #     flac for the recorder's tests (flac -t, metaflac), pkg-config/libssl-dev for pip's
-#     source-build fallback of the Python clients' packages). Building commhub itself needs none
-#     of them, and no cmake: see tests/build_deps.rs,
+#     source-build fallback of the Python clients' packages; e2fsprogs/util-linux/mount for the
+#     burst test's throttled loop-device disk). Building commhub itself needs none of them, and
+#     no cmake: see tests/build_deps.rs,
 #   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
 #   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium),
 #   - PostgreSQL: the machine's cluster is started (or the server installed and a cluster
@@ -24,6 +25,7 @@ APT_PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
   postgresql coturn curl openssl
+  e2fsprogs util-linux mount
 )
 
 SUDO=""
