@@ -10,6 +10,9 @@
 //! - `rewrite.rs`: [`Rewriter`], one output stream's numbering (pure).
 //! - `level.rs`: RFC 6464 audio levels and the active-speaker detector (pure).
 //! - `tap.rs`: [`Tap`], bounded, never-blocking packet taps.
+//! - `codec/`: G.711 µ-law/A-law and integer-ratio resampling for PSTN legs (pure).
+//! - `dtmf.rs`: RFC 4733 telephone events -> digits, each once (pure).
+//! - `mix.rs`: mix-minus, what a PSTN leg hears (pure).
 //! - `stats.rs`: counters for `/metrics`.
 //! - `ports.rs`: the UDP port range peer connections bind in.
 //! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
@@ -23,8 +26,11 @@
 //! never waits on a slow subscriber or tap: what does not fit in a bounded queue is dropped and
 //! counted. No lock is held across an `.await`.
 
+pub mod codec;
+pub mod dtmf;
 pub mod forward;
 pub mod level;
+pub mod mix;
 pub mod rewrite;
 pub mod room;
 pub mod stats;
