@@ -12,6 +12,7 @@
 //! - `tap.rs`: [`Tap`], bounded, never-blocking packet taps.
 //! - `codec/`: G.711 µ-law/A-law and integer-ratio resampling for PSTN legs (pure).
 //! - `dtmf.rs`: RFC 4733 telephone events -> digits, each once (pure).
+//! - `jitter.rs`: a PSTN leg's fixed-delay jitter buffer: in order, one frame per ptime (pure).
 //! - `mix.rs`: mix-minus, what a PSTN leg hears (pure).
 //! - `stats.rs`: counters for `/metrics`.
 //! - `ports.rs`: the UDP port range peer connections bind in.
@@ -29,6 +30,7 @@
 pub mod codec;
 pub mod dtmf;
 pub mod forward;
+pub mod jitter;
 pub mod level;
 pub mod mix;
 pub mod rewrite;
