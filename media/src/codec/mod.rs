@@ -3,10 +3,13 @@
 //! - `g711.rs`: G.711 µ-law (PCMU) and A-law (PCMA), 8 kHz.
 //! - `resample.rs`: integer-ratio polyphase resampling between the legs' rates (8 and 16 kHz)
 //!   and the rooms' 48 kHz.
+//! - `leg.rs`: [`LegCodec`], a leg's payloads <-> 48 kHz frames at its packet time.
 //!
 //! Opus stays with libopus (the `opus` crate, used by the recorder).
 
 pub mod g711;
+pub mod leg;
 pub mod resample;
 
+pub use leg::{LegCodec, LegCodecKind, ROOM_RATE};
 pub use resample::Resampler;
