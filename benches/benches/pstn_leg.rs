@@ -91,6 +91,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("opus_encode_48k_narrowband_20ms", |b| {
         b.iter(|| nb.encode(black_box(&pcm), &mut out).unwrap())
     });
+    // ... or opened at 8 kHz, fed the leg's own samples (no upsampling).
+    let pcm8 = tone(300.0, 8_000.0, 160);
+    let mut enc8 =
+        opus::Encoder::new(8_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    enc8.set_bitrate(opus::Bitrate::Bits(24_000)).unwrap();
+    g.bench_function("opus_encode_8k_20ms", |b| {
+        b.iter(|| enc8.encode(black_box(&pcm8), &mut out).unwrap())
+    });
+    // ... or at a lower complexity (libopus defaults to 10 of 10).
+    for complexity in [5, 3] {
+        let mut e =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        e.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
+        e.set_complexity(complexity).unwrap();
+        g.bench_function(
+            format!("opus_encode_48k_complexity{complexity}_20ms"),
+            |b| b.iter(|| e.encode(black_box(&pcm), &mut out).unwrap()),
+        );
+    }
     let mut leg = LegCodec::new(LegCodecKind::Pcma, 20).unwrap();
     let mut payload = Vec::new();
     leg.encode(&pcm, &mut payload);

@@ -1,6 +1,7 @@
 //! RFC 4733 telephone events (DTMF digits sent as RTP, "telephone-event" payload).
 //!
-//! Each event is a run of packets with the same RTP timestamp (the event's start): a 4-byte
+//! Each event is a run of packets with the same SSRC and RTP timestamp (the event's start; some
+//! senders, sipp among them, send events on an SSRC of their own): a 4-byte
 //! payload of event code, End bit, volume and duration. The first packet should carry the RTP
 //! marker bit, but it may be lost; the last packets carry the End bit and are usually sent three
 //! times. [`DtmfReceiver`] reports each digit once, when its first packet arrives (marker or
@@ -67,8 +68,8 @@ impl TelephoneEvent {
 /// Turns a leg's telephone-event packets into digits, each once.
 #[derive(Debug, Default)]
 pub struct DtmfReceiver {
-    /// The RTP timestamp of the event seen last, and whether its end was seen.
-    current: Option<(u32, bool)>,
+    /// The (SSRC, RTP timestamp) of the event seen last, and whether its end was seen.
+    current: Option<((u32, u32), bool)>,
 }
 
 impl DtmfReceiver {
@@ -76,22 +77,24 @@ impl DtmfReceiver {
         Self::default()
     }
 
-    /// One telephone-event packet: its RTP timestamp and payload. Returns the digit when this
-    /// packet starts a new event (with or without the marker bit), `None` for the rest of an
-    /// event, its retransmitted ends, and events that are not digits.
+    /// One telephone-event packet: its SSRC, RTP timestamp and payload. Returns the digit when
+    /// this packet starts a new event (with or without the marker bit), `None` for the rest of
+    /// an event, its retransmitted ends, and events that are not digits.
     pub fn on_packet(
         &mut self,
+        ssrc: u32,
         timestamp: u32,
         payload: &[u8],
     ) -> Result<Option<Digit>, DtmfError> {
         let ev = TelephoneEvent::parse(payload)?;
+        let key = (ssrc, timestamp);
         match self.current {
-            Some((ts, ended)) if ts == timestamp => {
-                self.current = Some((ts, ended || ev.end));
+            Some((k, ended)) if k == key => {
+                self.current = Some((k, ended || ev.end));
                 Ok(None)
             }
             _ => {
-                self.current = Some((timestamp, ev.end));
+                self.current = Some((key, ev.end));
                 Ok(digit_of(ev.event))
             }
         }
@@ -116,15 +119,23 @@ mod tests {
     fn one_digit_per_event_with_retransmitted_ends() {
         let mut r = DtmfReceiver::new();
         let ts = 16_000;
-        assert_eq!(r.on_packet(ts, &pkt(1, false, 160)), Ok(Some(Digit('1'))));
-        assert_eq!(r.on_packet(ts, &pkt(1, false, 320)), Ok(None));
+        assert_eq!(
+            r.on_packet(7, ts, &pkt(1, false, 160)),
+            Ok(Some(Digit('1')))
+        );
+        assert_eq!(r.on_packet(7, ts, &pkt(1, false, 320)), Ok(None));
         for _ in 0..3 {
-            assert_eq!(r.on_packet(ts, &pkt(1, true, 640)), Ok(None));
+            assert_eq!(r.on_packet(7, ts, &pkt(1, true, 640)), Ok(None));
         }
         // The same key again is a new event (a new timestamp).
         assert_eq!(
-            r.on_packet(ts + 1_600, &pkt(1, false, 160)),
+            r.on_packet(7, ts + 1_600, &pkt(1, false, 160)),
             Ok(Some(Digit('1')))
+        );
+        // Another stream's event with the same timestamp is another event.
+        assert_eq!(
+            r.on_packet(8, ts + 1_600, &pkt(2, false, 160)),
+            Ok(Some(Digit('2')))
         );
     }
 
@@ -132,10 +143,13 @@ mod tests {
     fn a_lost_start_still_reports_the_digit_once() {
         let mut r = DtmfReceiver::new();
         // Only the end packets arrived (marker and first packets lost).
-        assert_eq!(r.on_packet(800, &pkt(11, true, 800)), Ok(Some(Digit('#'))));
-        assert_eq!(r.on_packet(800, &pkt(11, true, 800)), Ok(None));
         assert_eq!(
-            r.on_packet(8_000, &pkt(10, false, 160)),
+            r.on_packet(7, 800, &pkt(11, true, 800)),
+            Ok(Some(Digit('#')))
+        );
+        assert_eq!(r.on_packet(7, 800, &pkt(11, true, 800)), Ok(None));
+        assert_eq!(
+            r.on_packet(7, 8_000, &pkt(10, false, 160)),
             Ok(Some(Digit('*')))
         );
     }
@@ -143,8 +157,8 @@ mod tests {
     #[test]
     fn non_digits_and_short_payloads() {
         let mut r = DtmfReceiver::new();
-        assert_eq!(r.on_packet(1, &pkt(16, false, 160)), Ok(None), "flash");
-        assert_eq!(r.on_packet(2, &[1, 2]), Err(DtmfError::Short(2)));
+        assert_eq!(r.on_packet(7, 1, &pkt(16, false, 160)), Ok(None), "flash");
+        assert_eq!(r.on_packet(7, 2, &[1, 2]), Err(DtmfError::Short(2)));
         assert_eq!(digit_of(15), Some(Digit('D')));
         assert_eq!(event_of(Digit('d')), Some(15));
         assert_eq!(event_of(Digit('x')), None);
