@@ -155,6 +155,22 @@ mod tests {
     }
 
     #[test]
+    fn any_payload_is_a_digit_an_error_or_nothing() {
+        let mut r = DtmfReceiver::new();
+        let mut x: u32 = 12_345;
+        for n in 0..50_000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let len = (x >> 28) as usize;
+            let payload: Vec<u8> = (0..len).map(|i| (x >> (i % 24)) as u8).collect();
+            match r.on_packet(x & 3, n / 3, &payload) {
+                Ok(Some(d)) => assert!("0123456789*#ABCD".contains(d.0)),
+                Ok(None) => {}
+                Err(DtmfError::Short(l)) => assert!(l < 4),
+            }
+        }
+    }
+
+    #[test]
     fn non_digits_and_short_payloads() {
         let mut r = DtmfReceiver::new();
         assert_eq!(r.on_packet(7, 1, &pkt(16, false, 160)), Ok(None), "flash");

@@ -49,6 +49,9 @@ pub struct JitterBuffer<T> {
     frames: BTreeMap<u64, T>,
     /// The extended sequence number of the next frame to play, once playing.
     next: Option<u64>,
+    /// The first frame not yet due: everything before it was played or passed over. Kept when
+    /// the buffer runs dry, so a straggler that arrives meanwhile is still late.
+    due: Option<u64>,
     /// The highest extended sequence number seen (for extending 16-bit numbers).
     highest: Option<u64>,
     stats: JitterStats,
@@ -65,6 +68,7 @@ impl<T> JitterBuffer<T> {
             max: max.max(depth.max(1)),
             frames: BTreeMap::new(),
             next: None,
+            due: None,
             highest: None,
             stats: JitterStats::default(),
         }
@@ -112,7 +116,7 @@ impl<T> JitterBuffer<T> {
             self.restart();
             return self.push(seq, frame);
         }
-        if let Some(next) = self.next {
+        if let Some(next) = self.next.or(self.due) {
             if e < next {
                 // Played already, or its turn passed.
                 if next - e > RESTART_JUMP {
@@ -142,6 +146,7 @@ impl<T> JitterBuffer<T> {
     fn restart(&mut self) {
         self.frames.clear();
         self.next = None;
+        self.due = None;
         self.highest = None;
         self.stats.restarts += 1;
     }
@@ -166,6 +171,7 @@ impl<T> JitterBuffer<T> {
             return Playout::Idle;
         }
         self.next = Some(next + 1);
+        self.due = Some(next + 1);
         match self.frames.remove(&next) {
             Some(f) => {
                 self.stats.played += 1;
@@ -230,6 +236,22 @@ mod tests {
     }
 
     #[test]
+    fn a_straggler_after_running_dry_is_still_late() {
+        let mut j = JitterBuffer::new(1, 50);
+        j.push(10, 10);
+        j.push(12, 12);
+        assert_eq!(
+            drain(&mut j, 3),
+            vec![Playout::Frame(10), Playout::Missing, Playout::Frame(12)]
+        );
+        assert_eq!(j.pop(), Playout::Idle, "dry");
+        // 11 was passed over before the buffer ran dry: it must not be played now.
+        assert_eq!(j.push(11, 11), Push::Late);
+        j.push(13, 13);
+        assert_eq!(j.pop(), Playout::Frame(13));
+    }
+
+    #[test]
     fn sequence_numbers_wrap_around() {
         let mut j = JitterBuffer::new(2, 50);
         for s in [65_534u16, 65_535, 0, 1] {
@@ -243,6 +265,50 @@ mod tests {
                 Playout::Frame(0),
                 Playout::Frame(1)
             ]
+        );
+    }
+
+    #[test]
+    fn random_arrivals_never_break_order_or_bounds() {
+        // A small LCG: reordering, loss, duplicates, wrap-around and jumps in any mix.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 33) as u32
+        };
+        let mut j = JitterBuffer::new(3, 32);
+        let mut seq: u16 = 65_000;
+        let mut last: Option<u16> = None;
+        let mut restarts = 0;
+        for _ in 0..200_000 {
+            match rnd() % 10 {
+                0 => seq = seq.wrapping_add((rnd() % 40_000) as u16),
+                1..=6 => {
+                    let s = seq.wrapping_add((rnd() % 8) as u16).wrapping_sub(3);
+                    j.push(s, s);
+                    seq = seq.wrapping_add(1);
+                }
+                _ => {
+                    let played = j.pop();
+                    // In order within a stream; a restart (a new stream) may start anywhere.
+                    if j.stats().restarts != restarts {
+                        restarts = j.stats().restarts;
+                        last = None;
+                    }
+                    if let Playout::Frame(f) = played {
+                        if let Some(l) = last {
+                            assert!(f != l && f.wrapping_sub(l) < 0x8000, "{l} then {f}");
+                        }
+                        last = Some(f);
+                    }
+                }
+            }
+            assert!(j.len() <= 32);
+        }
+        let s = j.stats();
+        assert!(
+            s.played > 0 && s.missing > 0 && s.late > 0 && s.duplicate > 0,
+            "{s:?}"
         );
     }
 
