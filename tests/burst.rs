@@ -33,16 +33,9 @@ use std::time::{Duration, Instant};
 
 use commhub::store::Db;
 use commhub_benches::stamp::{OpusTone, Stamp, now_ns};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
-use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use sqlx::Row;
 use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
@@ -387,16 +380,6 @@ impl PeerConnectionEventHandler for WhipEvents {
     }
 }
 
-fn opus_codec() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
 /// A small HTTP/1.1 exchange: status, the `Location` header, body.
 async fn http_exchange(
     base: &str,
@@ -441,7 +424,7 @@ impl Whip {
         let mut me = MediaEngine::default();
         me.register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: opus_codec(),
+                rtp_codec: common::opus(),
                 payload_type: 111,
             },
             RtpCodecKind::Audio,
@@ -466,21 +449,7 @@ impl Whip {
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let ssrc: u32 = rand::random();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("whip-{name}"),
-            "mic".into(),
-            "mic".into(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: opus_codec(),
-                ..Default::default()
-            }],
-        )));
+        let (track, ssrc) = common::opus_track(&format!("whip-{name}"), "mic");
         pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
@@ -498,25 +467,7 @@ impl Whip {
         };
         pc.set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
-        let sender = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let seq0: u16 = rand::random();
-            for n in 0u32.. {
-                tick.tick().await;
-                let pkt = rtp::Packet {
-                    header: rtp::header::Header {
-                        version: 2,
-                        payload_type: 111,
-                        sequence_number: seq0.wrapping_add(n as u16),
-                        timestamp: n.wrapping_mul(960),
-                        ssrc,
-                        ..Default::default()
-                    },
-                    payload: payload(n),
-                };
-                let _ = track.write_rtp(pkt).await;
-            }
-        });
+        let sender = common::spawn_opus_sender(track, ssrc, move |n| payload(n), |_| {});
         Ok(Whip {
             base: base.to_string(),
             location,

@@ -122,7 +122,7 @@ pub(crate) fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
     Ok((me, reg))
 }
 
-pub(crate) fn opus() -> RTCRtpCodec {
+pub fn opus() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
@@ -171,10 +171,19 @@ pub(crate) async fn publish_offer(
     RTCSessionDescription,
 )> {
     let (pc, rx) = new_pc().await?;
+    let (track, ssrc) = opus_track(stream_id, &format!("mic-{index}"));
+    pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer.clone()).await?;
+    Ok((pc, rx, track, ssrc, offer))
+}
+
+/// A sendonly Opus track with a random SSRC of its own (returned with it).
+pub fn opus_track(stream_id: &str, track_id: &str) -> (Arc<TrackLocalStaticRTP>, u32) {
     let ssrc: u32 = rand::random();
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         stream_id.to_string(),
-        format!("mic-{index}"),
+        track_id.to_string(),
         "mic".into(),
         RtpCodecKind::Audio,
         vec![RTCRtpEncodingParameters {
@@ -186,10 +195,39 @@ pub(crate) async fn publish_offer(
             ..Default::default()
         }],
     )));
-    pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer.clone()).await?;
-    Ok((pc, rx, track, ssrc, offer))
+    (track, ssrc)
+}
+
+/// Send packet `n` = `payload(n)` on `track` every 20 ms (payload type 111, continuous
+/// sequence numbers from a random start, 960 timestamp units apart) until the task is aborted.
+/// `sent(n)` is called after each packet the track took.
+pub fn spawn_opus_sender(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload: impl Fn(u32) -> Bytes + Send + 'static,
+    sent: impl Fn(u32) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let seq0: u16 = rand::random();
+        for n in 0u32.. {
+            tick.tick().await;
+            let pkt = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: seq0.wrapping_add(n as u16),
+                    timestamp: n.wrapping_mul(960),
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: payload(n),
+            };
+            if track.write_rtp(pkt).await.is_ok() {
+                sent(n);
+            }
+        }
+    })
 }
 
 pub(crate) async fn new_pc()
@@ -353,32 +391,16 @@ impl Client {
         let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let sender = {
             let sent = sent.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                let mut n: u32 = 0;
-                let seq0: u16 = rand::random();
-                loop {
-                    tick.tick().await;
-                    let pkt = rtp::Packet {
-                        header: rtp::header::Header {
-                            version: 2,
-                            payload_type: 111,
-                            sequence_number: seq0.wrapping_add(n as u16),
-                            timestamp: n.wrapping_mul(960),
-                            ssrc,
-                            ..Default::default()
-                        },
-                        payload: match &hooks.payload {
-                            Some(f) => f(n),
-                            None => payload(index, n),
-                        },
-                    };
-                    if track.write_rtp(pkt).await.is_ok() {
-                        sent.store(n + 1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    n += 1;
-                }
-            })
+            let payload_fn = hooks.payload.clone();
+            spawn_opus_sender(
+                track,
+                ssrc,
+                move |n| match &payload_fn {
+                    Some(f) => f(n),
+                    None => payload(index, n),
+                },
+                move |n| sent.store(n + 1, std::sync::atomic::Ordering::Relaxed),
+            )
         };
         Ok(Client {
             id,

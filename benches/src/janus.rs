@@ -16,13 +16,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
-use rtc::rtp;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
@@ -258,30 +256,15 @@ impl JanusClient {
         let task = tokio::spawn(driver.run(cmd_rx));
         let sender = {
             let payload_fn = hooks.payload.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                let mut n: u32 = 0;
-                let seq0: u16 = rand::random();
-                loop {
-                    tick.tick().await;
-                    let pkt = rtp::Packet {
-                        header: rtp::header::Header {
-                            version: 2,
-                            payload_type: 111,
-                            sequence_number: seq0.wrapping_add(n as u16),
-                            timestamp: n.wrapping_mul(960),
-                            ssrc,
-                            ..Default::default()
-                        },
-                        payload: match &payload_fn {
-                            Some(f) => f(n),
-                            None => payload(index, n),
-                        },
-                    };
-                    let _ = track.write_rtp(pkt).await;
-                    n += 1;
-                }
-            })
+            crate::client::spawn_opus_sender(
+                track,
+                ssrc,
+                move |n| match &payload_fn {
+                    Some(f) => f(n),
+                    None => payload(index, n),
+                },
+                |_| {},
+            )
         };
         Ok(JanusClient {
             feed,
