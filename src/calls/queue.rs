@@ -77,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<T> EventSender<T> {
     /// Enqueue without waiting (for code that cannot await). Never drops.
     pub fn push(&self, ev: T) {
-        let mut q = lock(&self.inner.q);
+        let q = lock(&self.inner.q);
         if self.inner.gone.load(Ordering::Acquire) {
             return;
         }
@@ -87,6 +87,11 @@ impl<T> EventSender<T> {
                 .over_capacity
                 .fetch_add(1, Ordering::Relaxed);
         }
+        self.enqueue(q, ev);
+    }
+
+    /// Append under the lock, then count and wake the receiver.
+    fn enqueue(&self, mut q: std::sync::MutexGuard<'_, VecDeque<T>>, ev: T) {
         q.push_back(ev);
         self.inner
             .stats
@@ -104,19 +109,12 @@ impl<T> EventSender<T> {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let mut q = lock(&self.inner.q);
+                let q = lock(&self.inner.q);
                 if self.inner.gone.load(Ordering::Acquire) {
                     return;
                 }
                 if q.len() < self.inner.capacity {
-                    q.push_back(ev);
-                    self.inner
-                        .stats
-                        .pending
-                        .store(q.len() as u64, Ordering::Relaxed);
-                    drop(q);
-                    self.inner.stats.events.fetch_add(1, Ordering::Relaxed);
-                    self.inner.has_items.notify_one();
+                    self.enqueue(q, ev);
                     return;
                 }
             }
