@@ -10,6 +10,8 @@
 //! - `error.rs`: [`ErrorCode`] and [`SignalError`].
 //! - `session.rs`: [`Session`] (join / publish / subscribe / leave ordering) and
 //!   [`SubscribeNegotiation`] (one outstanding offer at a time, never glare).
+//! - `sip/`: the SIP bridge's rules: `sdp.rs` (audio offer/answer, hold, codecs), `route.rs`
+//!   (Request-URI user to call or number), `timer.rs` (RFC 4028 session timers).
 //!
 //! ## Contract
 //! No sockets, no clocks, no WebRTC: values in, values out. Every input yields either a message
@@ -19,6 +21,7 @@
 mod error;
 mod protocol;
 mod session;
+pub mod sip;
 
 pub use error::{ErrorCode, SignalError};
 pub use protocol::*;
