@@ -61,6 +61,7 @@ pub fn redact_number(n: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

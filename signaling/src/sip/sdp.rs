@@ -560,6 +560,7 @@ pub fn offer(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -98,6 +98,7 @@ pub fn negotiate(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
