@@ -46,11 +46,12 @@ pub use stats::{MediaStats, StatsSnapshot};
 pub use tap::{Tap, TapPacket, TapReceiver};
 pub mod peer;
 pub mod ports;
+pub mod pstn;
 pub mod sfu;
 
 pub use peer::{PeerConfig, PeerError};
 pub use sfu::{
-    Participant, ParticipantEvent, RoomEvent, RoomEventSink, Sfu, SfuConfig, SfuError,
+    LegPort, Participant, ParticipantEvent, RoomEvent, RoomEventSink, Sfu, SfuConfig, SfuError,
     SubscribedTrack, SystemSource, Target,
 };
 /// ICE candidate as exchanged with clients (`RTCIceCandidateInit`).

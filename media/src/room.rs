@@ -26,6 +26,8 @@ pub enum ParticipantKind {
     /// The server's own audio source (consent beeps, announcements). It publishes to every
     /// subscriber but does not keep a room open and is never recorded.
     System,
+    /// A phone leg bridged over SIP: publishes its decoded uplink, hears a mix-minus.
+    Pstn,
 }
 
 impl ParticipantKind {
@@ -34,6 +36,7 @@ impl ParticipantKind {
             ParticipantKind::Signaling => "signaling",
             ParticipantKind::Whip => "whip",
             ParticipantKind::System => "system",
+            ParticipantKind::Pstn => "pstn",
         }
     }
 }

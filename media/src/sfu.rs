@@ -1552,6 +1552,9 @@ impl Drop for Participant {
     }
 }
 
+mod leg;
+pub use leg::LegPort;
+
 #[cfg(test)]
 mod tests {
     use super::*;

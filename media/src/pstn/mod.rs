@@ -1,0 +1,748 @@
+//! A phone leg's media: plain RTP on one UDP socket, bridged to its room through a
+//! [`LegPort`](crate::LegPort).
+//!
+//! - **Uplink** (phone to room): RTP is latched (symmetric RTP), telephone-events become
+//!   digits ([`DtmfReceiver`]), audio goes through the [`JitterBuffer`] and is played out at
+//!   the sender's own packet time (sipp sends 30 ms), decoded at the leg's rate, and published
+//!   as 20 ms Opus frames (an Opus leg's payloads are forwarded as they are).
+//! - **Downlink** (room to phone): each other producer's Opus is decoded at the leg's rate
+//!   into its own queue; every packet time the queues are mixed (mix-minus falls out of the
+//!   room's routing, which never sends a leg its own packets), encoded in the leg's codec and
+//!   sent, silence included, so the PBX's RTP timeout never fires.
+//!
+//! One tokio task per leg runs both directions on a 10 ms tick. Nothing here knows SIP: the
+//! caller negotiates and passes [`LegParams`], and hears back [`LegSignal`]s.
+
+pub mod rtp;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::LegPort;
+use crate::codec::{WireCodec, WireKind};
+use crate::dtmf::{Digit, DtmfReceiver, TelephoneEvent, event_of};
+use crate::forward::SinkMsg;
+use crate::jitter::{JitterBuffer, Playout};
+use crate::room::{LeaveReason, ParticipantId};
+use crate::sfu::ParticipantEvent;
+
+/// What the signaling side negotiated for a leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegParams {
+    pub codec: WireKind,
+    /// The codec's payload type on this leg.
+    pub pt: u8,
+    /// telephone-event's payload type, if negotiated.
+    pub dtmf_pt: Option<u8>,
+    /// Packet time we send at (Opus legs always send 20 ms).
+    pub ptime_ms: u32,
+    /// Where to send until the peer's own RTP is latched.
+    pub remote: Option<SocketAddr>,
+    /// Whether we send (false while the peer holds the call).
+    pub send: bool,
+    /// Whether the peer sends (false while it is on hold): the RTP timeout runs only then.
+    pub receive: bool,
+    /// Hang up after this long without RTP from the peer.
+    pub rtp_timeout: Duration,
+    /// libopus complexity (0-10) for the uplink's Opus encoding.
+    pub opus_complexity: i32,
+}
+
+/// Orders for a running leg.
+#[derive(Debug)]
+pub enum LegCommand {
+    /// A re-INVITE or UPDATE changed the session (hold, a new address or codec).
+    Update(LegParams),
+    /// Send a digit to the phone (RFC 4733), as the room's keypad asks.
+    SendDigit(char),
+    /// Leave the room and stop.
+    Stop(LeaveReason),
+}
+
+/// What a leg reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegSignal {
+    /// The phone pressed a key (RFC 4733).
+    Dtmf(char),
+    /// No RTP for `rtp_timeout`: the leg is ending.
+    RtpTimeout,
+    /// The leg left its room (after `Stop`, a timeout, or the room ending it).
+    Ended(LeaveReason),
+}
+
+/// Counters over every leg, for metrics.
+#[derive(Debug, Default)]
+pub struct PstnStats {
+    pub legs: AtomicU64,
+    pub rtp_in: AtomicU64,
+    pub rtp_out: AtomicU64,
+    /// Datagrams that are not RTP, or carry a payload type not negotiated.
+    pub rtp_invalid: AtomicU64,
+    /// RTP from an address other than the latched one.
+    pub rtp_foreign: AtomicU64,
+    pub rtcp_in: AtomicU64,
+    pub jitter_missing: AtomicU64,
+    pub jitter_late: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub downlink_overflow: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub dtmf_in: AtomicU64,
+    pub dtmf_out: AtomicU64,
+    pub rtp_timeouts: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A running leg: send it commands, read its signals.
+pub struct LegHandle {
+    pub commands: mpsc::UnboundedSender<LegCommand>,
+    pub signals: mpsc::UnboundedReceiver<LegSignal>,
+    pub participant: ParticipantId,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Start a leg's media on `socket` (bound, not connected: the peer need not listen).
+pub fn start(
+    mut port: LegPort,
+    socket: UdpSocket,
+    params: LegParams,
+    stats: Arc<PstnStats>,
+) -> Result<LegHandle, String> {
+    let (ctx, crx) = mpsc::unbounded_channel();
+    let (stx, srx) = mpsc::unbounded_channel();
+    let participant: ParticipantId = Arc::from(port.id());
+    let downlink = port
+        .take_downlink()
+        .ok_or_else(|| "the leg's downlink was taken".to_string())?;
+    let engine = Engine::new(params, stats.clone())?;
+    add(&stats.legs, 1);
+    let task = tokio::spawn(run(port, socket, downlink, engine, crx, stx, stats));
+    Ok(LegHandle {
+        commands: ctx,
+        signals: srx,
+        participant,
+        task,
+    })
+}
+
+/// One other producer as this leg hears it.
+struct Source {
+    dec: opus::Decoder,
+    fifo: VecDeque<i16>,
+    primed: bool,
+    last: Instant,
+}
+
+/// A leg's DSP and RTP state (no IO: the task feeds it and sends what it returns).
+struct Engine {
+    p: LegParams,
+    stats: Arc<PstnStats>,
+    rate: usize,
+    wire: WireCodec,
+    /// The uplink's Opus encoder at the leg's rate (not used by Opus legs).
+    up_enc: Option<opus::Encoder>,
+    jitter: JitterBuffer<Bytes>,
+    dtmf_rx: DtmfReceiver,
+    up_next: Option<Instant>,
+    up_frame: usize,
+    up_pcm: Vec<i16>,
+    up_ts: u32,
+    sources: HashMap<(ParticipantId, u32), Source>,
+    down_next: Option<Instant>,
+    down_ssrc: u32,
+    down_seq: u16,
+    down_ts: u32,
+    dtmf_tx: VecDeque<[u8; 4]>,
+    dtmf_ts: u32,
+    dtmf_marker: bool,
+    dest: Option<SocketAddr>,
+    latched: Option<(SocketAddr, u32, Instant)>,
+    last_rx: Instant,
+    scratch: Vec<i16>,
+    wire_buf: Vec<u8>,
+    opus_buf: Vec<u8>,
+}
+
+/// What the engine wants sent or said after one input.
+#[derive(Default)]
+struct Out {
+    packets: Vec<(Vec<u8>, SocketAddr)>,
+    publish: Vec<(Bytes, u32, Option<u8>)>,
+    signals: Vec<LegSignal>,
+}
+
+fn level_of(pcm: &[i16]) -> u8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let e: f64 = pcm.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / pcm.len() as f64;
+    let rms = e.sqrt() / 32_768.0;
+    if rms <= 0.0 {
+        return 127;
+    }
+    (-20.0 * rms.log10()).clamp(0.0, 127.0) as u8
+}
+
+impl Engine {
+    fn new(p: LegParams, stats: Arc<PstnStats>) -> Result<Engine, String> {
+        let rate = p.codec.sample_rate() as usize;
+        let up_enc = if p.codec == WireKind::Opus {
+            None
+        } else {
+            let mut e =
+                opus::Encoder::new(rate as u32, opus::Channels::Mono, opus::Application::Voip)
+                    .map_err(|e| format!("opus encoder: {e}"))?;
+            let _ = e.set_bitrate(opus::Bitrate::Bits(if rate <= 8_000 {
+                20_000
+            } else {
+                28_000
+            }));
+            let _ = e.set_complexity(p.opus_complexity.clamp(0, 10));
+            Some(e)
+        };
+        let now = Instant::now();
+        Ok(Engine {
+            wire: WireCodec::new(p.codec)?,
+            dest: p.remote,
+            p,
+            stats,
+            rate,
+            up_enc,
+            jitter: JitterBuffer::new(2, 50),
+            dtmf_rx: DtmfReceiver::new(),
+            up_next: None,
+            up_frame: rate / 50,
+            up_pcm: Vec::new(),
+            up_ts: rand::random(),
+            sources: HashMap::new(),
+            down_next: None,
+            down_ssrc: rand::random(),
+            down_seq: rand::random(),
+            down_ts: rand::random(),
+            dtmf_tx: VecDeque::new(),
+            dtmf_ts: 0,
+            dtmf_marker: false,
+            latched: None,
+            last_rx: now,
+            scratch: Vec::new(),
+            wire_buf: Vec::new(),
+            opus_buf: vec![0; 1_500],
+        })
+    }
+
+    fn send_ptime(&self) -> u32 {
+        if self.p.codec == WireKind::Opus {
+            20
+        } else {
+            self.p.ptime_ms
+        }
+    }
+
+    fn update(&mut self, p: LegParams) {
+        if p.codec != self.p.codec
+            && let Ok(w) = WireCodec::new(p.codec)
+        {
+            self.wire = w;
+        }
+        if p.remote != self.p.remote {
+            self.dest = p.remote;
+            self.latched = None;
+        }
+        if p.receive && !self.p.receive {
+            self.last_rx = Instant::now();
+        }
+        self.p = p;
+    }
+
+    /// One datagram from `from`.
+    fn on_datagram(&mut self, buf: &[u8], from: SocketAddr, now: Instant, out: &mut Out) {
+        if rtp::is_rtcp(buf) {
+            add(&self.stats.rtcp_in, 1);
+            return;
+        }
+        let Some(pkt) = rtp::parse(buf) else {
+            add(&self.stats.rtp_invalid, 1);
+            return;
+        };
+        let is_dtmf = Some(pkt.pt) == self.p.dtmf_pt;
+        if pkt.pt != self.p.pt && !is_dtmf {
+            add(&self.stats.rtp_invalid, 1);
+            return;
+        }
+        // Symmetric RTP: answer where the peer's RTP comes from. Another address takes over
+        // only with a new SSRC or after 2 s of silence from the latched one.
+        match self.latched {
+            Some((addr, ssrc, last)) if addr != from => {
+                if ssrc == pkt.ssrc && now.duration_since(last) < Duration::from_secs(2) {
+                    add(&self.stats.rtp_foreign, 1);
+                    return;
+                }
+                self.latched = Some((from, pkt.ssrc, now));
+                self.dest = Some(from);
+            }
+            Some((addr, ssrc, _)) => {
+                // DTMF may use its own SSRC (sipp's pcaps do): keep the audio's.
+                let ssrc = if is_dtmf { ssrc } else { pkt.ssrc };
+                self.latched = Some((addr, ssrc, now));
+            }
+            None => {
+                self.latched = Some((from, pkt.ssrc, now));
+                self.dest = Some(from);
+            }
+        }
+        add(&self.stats.rtp_in, 1);
+        self.last_rx = now;
+        if is_dtmf {
+            match self.dtmf_rx.on_packet(pkt.ssrc, pkt.timestamp, pkt.payload) {
+                Ok(Some(Digit(d))) => {
+                    add(&self.stats.dtmf_in, 1);
+                    out.signals.push(LegSignal::Dtmf(d));
+                }
+                Ok(None) => {}
+                Err(_) => add(&self.stats.rtp_invalid, 1),
+            }
+            return;
+        }
+        if pkt.payload.is_empty() {
+            return;
+        }
+        if let crate::jitter::Push::Late = self
+            .jitter
+            .push(pkt.sequence, Bytes::copy_from_slice(pkt.payload))
+        {
+            add(&self.stats.jitter_late, 1);
+        }
+        if self.up_next.is_none() {
+            self.up_next = Some(now);
+        }
+    }
+
+    /// Samples (at the leg's rate) in one uplink payload.
+    fn frame_samples(&self, payload: &[u8]) -> usize {
+        match self.p.codec {
+            WireKind::Pcmu | WireKind::Pcma => payload.len(),
+            WireKind::G722 => payload.len() * 2,
+            WireKind::Opus => opus::packet::get_nb_samples(payload, 48_000).unwrap_or(960),
+        }
+    }
+
+    /// Play out the uplink up to `now`.
+    fn uplink(&mut self, now: Instant, out: &mut Out) {
+        let Some(mut due) = self.up_next else {
+            return;
+        };
+        let ten_ms = self.rate / 100;
+        while due <= now {
+            let samples = match self.jitter.pop() {
+                Playout::Frame(payload) => {
+                    let n = self.frame_samples(&payload);
+                    if self.p.codec == WireKind::Opus {
+                        out.publish.push((payload, self.up_ts, None));
+                        self.up_ts = self.up_ts.wrapping_add(n as u32);
+                    } else {
+                        match self.wire.decode(&payload, &mut self.up_pcm) {
+                            Ok(_) => {}
+                            Err(_) => add(&self.stats.decode_errors, 1),
+                        }
+                    }
+                    self.up_frame = n.max(1);
+                    n
+                }
+                Playout::Missing => {
+                    add(&self.stats.jitter_missing, 1);
+                    let n = self.up_frame;
+                    if self.p.codec == WireKind::Opus {
+                        self.up_ts = self.up_ts.wrapping_add(n as u32);
+                    } else {
+                        self.wire.conceal(n, &mut self.up_pcm);
+                    }
+                    n
+                }
+                Playout::Idle => {
+                    // Nothing to play: keep the room's clock running, drop a partial frame.
+                    self.up_pcm.clear();
+                    self.up_ts = self.up_ts.wrapping_add(480);
+                    ten_ms
+                }
+            };
+            due += Duration::from_micros((samples as u64 * 1_000_000) / self.rate as u64);
+            self.encode_uplink(out);
+        }
+        self.up_next = Some(due);
+    }
+
+    fn encode_uplink(&mut self, out: &mut Out) {
+        let frame = self.rate / 50;
+        let Some(enc) = self.up_enc.as_mut() else {
+            return;
+        };
+        let mut off = 0;
+        while self.up_pcm.len() - off >= frame {
+            let pcm = &self.up_pcm[off..off + frame];
+            off += frame;
+            match enc.encode(pcm, &mut self.opus_buf) {
+                Ok(n) => {
+                    let level = level_of(pcm);
+                    out.publish.push((
+                        Bytes::copy_from_slice(&self.opus_buf[..n]),
+                        self.up_ts,
+                        Some(level),
+                    ));
+                }
+                Err(_) => add(&self.stats.decode_errors, 1),
+            }
+            self.up_ts = self.up_ts.wrapping_add(960);
+        }
+        self.up_pcm.drain(..off);
+    }
+
+    /// A packet from the room.
+    fn on_room_packet(&mut self, pkt: &crate::forward::MediaPacket, now: Instant) {
+        let key = (pkt.producer.clone(), pkt.ssrc);
+        let rate = self.rate;
+        let src = match self.sources.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Ok(dec) = opus::Decoder::new(rate as u32, opus::Channels::Mono) else {
+                    add(&self.stats.decode_errors, 1);
+                    return;
+                };
+                v.insert(Source {
+                    dec,
+                    fifo: VecDeque::new(),
+                    primed: false,
+                    last: now,
+                })
+            }
+        };
+        src.last = now;
+        self.scratch.resize(rate * 120 / 1_000, 0);
+        match src.dec.decode(&pkt.payload, &mut self.scratch, false) {
+            Ok(n) => src.fifo.extend(&self.scratch[..n]),
+            Err(_) => {
+                add(&self.stats.decode_errors, 1);
+                return;
+            }
+        }
+        // More than 300 ms queued: the producer runs fast or we fell behind; drop the oldest.
+        let cap = rate * 3 / 10;
+        if src.fifo.len() > cap {
+            let excess = src.fifo.len() - cap;
+            src.fifo.drain(..excess);
+            add(&self.stats.downlink_overflow, 1);
+        }
+        // Start a source once 40 ms are queued, to absorb the room's jitter.
+        if !src.primed && src.fifo.len() >= rate / 25 {
+            src.primed = true;
+        }
+    }
+
+    /// Send what is due on the downlink up to `now`.
+    fn downlink(&mut self, now: Instant, out: &mut Out) {
+        let due = *self.down_next.get_or_insert(now);
+        if due > now {
+            return;
+        }
+        let ptime = self.send_ptime();
+        let n = self.rate * ptime as usize / 1_000;
+        let mut next = due;
+        while next <= now {
+            next += Duration::from_millis(ptime as u64);
+            let mut acc = vec![0i32; n];
+            for s in self.sources.values_mut().filter(|s| s.primed) {
+                let take = n.min(s.fifo.len());
+                for (a, x) in acc.iter_mut().zip(s.fifo.drain(..take)) {
+                    *a += x as i32;
+                }
+                if s.fifo.is_empty() {
+                    s.primed = false;
+                }
+            }
+            let pcm: Vec<i16> = acc
+                .iter()
+                .map(|&a| a.clamp(i16::MIN as i32, i16::MAX as i32) as i16)
+                .collect();
+            let step = self.p.codec.clock_rate() * ptime / 1_000;
+            let packet = if let Some(ev) = self.dtmf_tx.pop_front() {
+                let marker = std::mem::take(&mut self.dtmf_marker);
+                Some(rtp::build(
+                    self.p.dtmf_pt.unwrap_or(101),
+                    marker,
+                    self.down_seq,
+                    self.dtmf_ts,
+                    self.down_ssrc,
+                    &ev,
+                ))
+            } else {
+                self.wire.encode(&pcm, &mut self.wire_buf);
+                Some(rtp::build(
+                    self.p.pt,
+                    false,
+                    self.down_seq,
+                    self.down_ts,
+                    self.down_ssrc,
+                    &self.wire_buf,
+                ))
+            };
+            self.down_ts = self.down_ts.wrapping_add(step);
+            if let (Some(pkt), Some(dest), true) = (packet, self.dest, self.p.send) {
+                self.down_seq = self.down_seq.wrapping_add(1);
+                out.packets.push((pkt, dest));
+            }
+        }
+        self.down_next = Some(next);
+        // Forget producers silent for 5 s (they left, or changed SSRC).
+        self.sources
+            .retain(|_, s| now.duration_since(s.last) < Duration::from_secs(5));
+    }
+
+    /// Queue a digit: about 100 ms of tone, then the End packet three times (RFC 4733 2.5.1.4).
+    fn send_digit(&mut self, d: char) -> bool {
+        let (Some(_), Some(ev)) = (self.p.dtmf_pt, event_of(Digit(d))) else {
+            return false;
+        };
+        let ptime = self.send_ptime();
+        let step = (self.p.codec.clock_rate() * ptime / 1_000) as u16;
+        let count = 100u32.div_ceil(ptime).max(1) as u16;
+        self.dtmf_ts = self.down_ts;
+        self.dtmf_marker = true;
+        for k in 1..=count {
+            self.dtmf_tx.push_back(
+                TelephoneEvent {
+                    event: ev,
+                    end: false,
+                    volume: 10,
+                    duration: step.saturating_mul(k),
+                }
+                .to_bytes(),
+            );
+        }
+        for _ in 0..3 {
+            self.dtmf_tx.push_back(
+                TelephoneEvent {
+                    event: ev,
+                    end: true,
+                    volume: 10,
+                    duration: step.saturating_mul(count),
+                }
+                .to_bytes(),
+            );
+        }
+        add(&self.stats.dtmf_out, 1);
+        true
+    }
+
+    fn timed_out(&self, now: Instant) -> bool {
+        self.p.receive && now.duration_since(self.last_rx) > self.p.rtp_timeout
+    }
+}
+
+async fn run(
+    mut port: LegPort,
+    socket: UdpSocket,
+    mut downlink: mpsc::Receiver<SinkMsg>,
+    mut engine: Engine,
+    mut commands: mpsc::UnboundedReceiver<LegCommand>,
+    signals: mpsc::UnboundedSender<LegSignal>,
+    stats: Arc<PstnStats>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 2_048];
+    let mut out = Out::default();
+    let reason = loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => engine.on_datagram(&buf[..n], from, Instant::now(), &mut out),
+                // ICMP port unreachable and the like: the peer is not listening (yet).
+                Err(_) => continue,
+            },
+            m = downlink.recv() => match m {
+                Some(SinkMsg::Packet(p)) => engine.on_room_packet(&p, Instant::now()),
+                None => break LeaveReason::Disconnected,
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                engine.uplink(now, &mut out);
+                engine.downlink(now, &mut out);
+                if engine.timed_out(now) {
+                    add(&stats.rtp_timeouts, 1);
+                    let _ = signals.send(LegSignal::RtpTimeout);
+                    break LeaveReason::MediaTimeout;
+                }
+            },
+            c = commands.recv() => match c {
+                Some(LegCommand::Update(p)) => engine.update(p),
+                Some(LegCommand::SendDigit(d)) => { engine.send_digit(d); }
+                Some(LegCommand::Stop(r)) => break r,
+                None => break LeaveReason::Left,
+            },
+            ev = port.event() => match ev {
+                Some(ParticipantEvent::Removed(r)) => break r,
+                Some(_) => {}
+                None => break LeaveReason::Disconnected,
+            },
+        }
+        for (pkt, dest) in out.packets.drain(..) {
+            match socket.try_send_to(&pkt, dest) {
+                Ok(_) => add(&stats.rtp_out, 1),
+                Err(_) => add(&stats.send_errors, 1),
+            }
+        }
+        for (payload, ts, level) in out.publish.drain(..) {
+            port.publish(payload, ts, level);
+        }
+        for s in out.signals.drain(..) {
+            let _ = signals.send(s);
+        }
+    };
+    stats.legs.fetch_sub(1, Ordering::Relaxed);
+    port.leave(reason).await;
+    let _ = signals.send(LegSignal::Ended(reason));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn params(codec: WireKind, pt: u8) -> LegParams {
+        LegParams {
+            codec,
+            pt,
+            dtmf_pt: Some(101),
+            ptime_ms: 20,
+            remote: Some("127.0.0.1:7000".parse().unwrap()),
+            send: true,
+            receive: true,
+            rtp_timeout: Duration::from_secs(5),
+            opus_complexity: 2,
+        }
+    }
+
+    fn engine(codec: WireKind, pt: u8) -> Engine {
+        Engine::new(params(codec, pt), Arc::new(PstnStats::default())).unwrap()
+    }
+
+    #[test]
+    fn thirty_ms_pcma_is_published_as_twenty_ms_opus_at_the_senders_pace() {
+        let mut e = engine(WireKind::Pcma, 8);
+        let from: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        // 10 packets of 30 ms (240 samples), as sipp's g711a.pcap.
+        for i in 0..10u16 {
+            let pkt = rtp::build(8, i == 0, 100 + i, 240 * i as u32, 0xdee0ee8f, &[0xd5; 240]);
+            e.on_datagram(&pkt, from, t0, &mut out);
+        }
+        assert_eq!(e.dest, Some(from), "latched to the sender");
+        // 300 ms of packet time, played from t0 on.
+        e.uplink(t0 + Duration::from_millis(300), &mut out);
+        // 10 x 30 ms = 300 ms = 15 frames of 20 ms, minus what the buffer still holds (its
+        // depth) and what is waiting for a whole 20 ms.
+        let n = out.publish.len();
+        assert!((12..=15).contains(&n), "{n}");
+        let ts: Vec<u32> = out.publish.iter().map(|p| p.1).collect();
+        assert!(ts.windows(2).all(|w| w[1].wrapping_sub(w[0]) == 960));
+    }
+
+    #[test]
+    fn a_foreign_address_cannot_take_over_a_live_stream() {
+        let mut e = engine(WireKind::Pcmu, 0);
+        let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        e.on_datagram(&rtp::build(0, true, 1, 0, 5, &[0xff; 160]), a, t0, &mut out);
+        e.on_datagram(
+            &rtp::build(0, false, 2, 160, 5, &[0xff; 160]),
+            b,
+            t0,
+            &mut out,
+        );
+        assert_eq!(e.dest, Some(a));
+        assert_eq!(e.stats.rtp_foreign.load(Ordering::Relaxed), 1);
+        // A new SSRC (the PBX re-anchored media) re-latches.
+        e.on_datagram(
+            &rtp::build(0, false, 9, 0, 6, &[0xff; 160]),
+            b,
+            t0,
+            &mut out,
+        );
+        assert_eq!(e.dest, Some(b));
+        // Wrong payload type and junk are counted, not played.
+        e.on_datagram(&rtp::build(18, false, 3, 0, 6, &[0; 20]), b, t0, &mut out);
+        e.on_datagram(&[1, 2, 3], b, t0, &mut out);
+        assert_eq!(e.stats.rtp_invalid.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn digits_are_reported_once_and_sent_with_three_ends() {
+        let mut e = engine(WireKind::Pcmu, 0);
+        let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        for (i, end) in [false, false, true, true, true].into_iter().enumerate() {
+            let ev = TelephoneEvent {
+                event: 1,
+                end,
+                volume: 10,
+                duration: 160 * (i as u16 + 1),
+            };
+            e.on_datagram(
+                &rtp::build(101, i == 0, 50 + i as u16, 8_000, 77, &ev.to_bytes()),
+                a,
+                t0,
+                &mut out,
+            );
+        }
+        assert_eq!(out.signals, vec![LegSignal::Dtmf('1')]);
+        assert!(e.send_digit('5'));
+        assert!(!e.send_digit('x'));
+        let mut out = Out::default();
+        e.downlink(t0, &mut out);
+        e.downlink(t0 + Duration::from_millis(200), &mut out);
+        let te: Vec<rtp::Rtp<'_>> = out
+            .packets
+            .iter()
+            .filter_map(|(p, _)| rtp::parse(p))
+            .filter(|p| p.pt == 101)
+            .collect();
+        assert_eq!(te.len(), 8);
+        assert!(te[0].marker && !te[1].marker);
+        assert!(te.iter().all(|p| p.timestamp == te[0].timestamp));
+        assert_eq!(te.iter().filter(|p| p.payload[1] & 0x80 != 0).count(), 3);
+    }
+
+    #[test]
+    fn silence_is_sent_when_nobody_talks_and_hold_stops_sending() {
+        let mut e = engine(WireKind::Pcmu, 0);
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        e.downlink(t0, &mut out);
+        e.downlink(t0 + Duration::from_millis(1_000), &mut out);
+        assert_eq!(out.packets.len(), 51);
+        let p = rtp::parse(&out.packets[1].0).unwrap();
+        assert_eq!(p.payload.len(), 160);
+        let mut held = params(WireKind::Pcmu, 0);
+        held.send = false;
+        held.receive = false;
+        e.update(held);
+        let mut out = Out::default();
+        e.downlink(t0 + Duration::from_millis(2_000), &mut out);
+        assert!(out.packets.is_empty());
+        assert!(
+            !e.timed_out(t0 + Duration::from_secs(60)),
+            "no timeout while held"
+        );
+    }
+}
