@@ -26,6 +26,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-nice
   postgresql coturn curl openssl
   e2fsprogs util-linux mount
+  sip-tester baresip-core
 )
 
 SUDO=""

@@ -186,6 +186,8 @@ pub fn init_logging(cfg: &Config) {
         // webrtc-rs logs per-packet errors at error level while a connection is being torn
         // down; keep those at warn so they do not drown the log.
         .add_directive("webrtc=warn".parse().unwrap_or_default())
+        // rsipstack logs every SIP message raw (numbers included) at info.
+        .add_directive("rsipstack=error".parse().unwrap_or_default())
         .add_directive("rtc=warn".parse().unwrap_or_default())
         // Noise from the ICE/DTLS stacks on every connection ("remote_addr is empty", "no
         // candidate pairs yet") is not actionable.

@@ -27,7 +27,89 @@ pub struct Config {
     pub turn: TurnConfig,
     pub api: ApiConfig,
     pub calls: CallsConfig,
+    pub sip: SipConfig,
     pub log: LogConfig,
+}
+
+/// The SIP bridge: PSTN legs from the PBX and carrier trunks (see `config/commhub.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub enabled: bool,
+    /// UDP and TCP address for SIP.
+    pub listen: SocketAddr,
+    /// Also listen on TCP at `listen`.
+    pub tcp: bool,
+    /// The host (name or IP) in our Contact and SDP, when `listen`'s IP is not reachable as is.
+    pub public_host: Option<String>,
+    /// Outbound calls go to this trunk (`SIP_TRUNK_URI`): `sip:host[:port]` or `sip:user@host`.
+    pub trunk_uri: String,
+    /// Digest credentials for the trunk (answering its 401/407).
+    pub trunk_username: String,
+    pub trunk_password: String,
+    /// Source addresses allowed to send INVITEs besides loopback: IPs or CIDRs.
+    pub allowed_sources: Vec<String>,
+    /// Accept INVITEs from 127.0.0.0/8 and ::1 without listing them.
+    pub trust_loopback: bool,
+    /// What an INVITE from anywhere else gets: "reject" (403) or "drop" (no answer at all).
+    pub unknown_source: String,
+    /// When set, INVITEs must carry digest credentials (407 challenge) with this user/password.
+    pub auth_username: String,
+    pub auth_password: String,
+    /// INVITEs per second one source may send; more get 503 with Retry-After.
+    pub invites_per_sec_per_source: u32,
+    /// Concurrent legs; more get 503.
+    pub max_legs: usize,
+    /// Hang up a leg that sent no RTP for this long (unless it holds the call).
+    pub rtp_timeout_secs: u64,
+    /// RFC 4028 session interval we grant (and the minimum we accept).
+    pub session_expires_secs: u32,
+    pub min_se_secs: u32,
+    /// Codecs in order of preference: opus, g722, pcmu, pcma.
+    pub codecs: Vec<String>,
+    /// Packet time we send when the offer names none (ms, 10..=60, whole 10s).
+    pub ptime_ms: u32,
+    /// Outbound calls not answered within this are cancelled (`no_answer`).
+    pub ring_timeout_secs: u64,
+    /// RTP ports for legs (one per leg).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// libopus complexity (0-10) for encoding a leg's audio into the room.
+    pub opus_complexity: i32,
+    /// An INVITE to a number no open call has becomes a new inbound call (kind pstn) when the
+    /// number is listed here ("*" takes every number); otherwise 404.
+    pub inbound_numbers: Vec<String>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            tcp: true,
+            public_host: None,
+            trunk_uri: String::new(),
+            trunk_username: String::new(),
+            trunk_password: String::new(),
+            allowed_sources: Vec::new(),
+            trust_loopback: true,
+            unknown_source: "reject".into(),
+            auth_username: String::new(),
+            auth_password: String::new(),
+            invites_per_sec_per_source: 20,
+            max_legs: 500,
+            rtp_timeout_secs: 30,
+            session_expires_secs: 1800,
+            min_se_secs: 90,
+            codecs: vec!["opus".into(), "g722".into(), "pcmu".into(), "pcma".into()],
+            ptime_ms: 20,
+            ring_timeout_secs: 60,
+            rtp_port_min: 30_000,
+            rtp_port_max: 30_999,
+            opus_complexity: 3,
+            inbound_numbers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -356,6 +438,7 @@ impl Config {
                     "PBX_AUTH_TOKEN",
                     "INBOUND_WEBHOOK_TOKEN",
                     "DATABASE_URL",
+                    "SIP_TRUNK_URI",
                 ])
                 .map(|k| {
                     match k.as_str().to_ascii_uppercase().as_str() {
@@ -364,6 +447,7 @@ impl Config {
                         "TURN_SERVER_URL" => "turn.server_url",
                         "PBX_AUTH_TOKEN" => "auth.pbx_token",
                         "INBOUND_WEBHOOK_TOKEN" => "auth.webhook_token",
+                        "SIP_TRUNK_URI" => "sip.trunk_uri",
                         _ => "database.url",
                     }
                     .into()
@@ -404,8 +488,53 @@ impl Config {
             .collect()
     }
 
+    fn validate_sip(&self) -> Result<(), ConfigError> {
+        let s = &self.sip;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for c in &s.codecs {
+            if signaling::sip::sdp::Codec::parse(c).is_none() {
+                return bad(format!(
+                    "sip.codecs: `{c}` is not one of opus, g722, pcmu, pcma"
+                ));
+            }
+        }
+        if s.codecs.is_empty() {
+            return bad("sip.codecs must name at least one codec".into());
+        }
+        if !(10..=60).contains(&s.ptime_ms) || !s.ptime_ms.is_multiple_of(10) {
+            return bad("sip.ptime_ms must be 10, 20, 30, 40, 50 or 60".into());
+        }
+        if s.rtp_port_min == 0 || s.rtp_port_min > s.rtp_port_max {
+            return bad("sip.rtp_port_min must be >= 1 and <= sip.rtp_port_max".into());
+        }
+        if s.min_se_secs < 90 || s.session_expires_secs < s.min_se_secs {
+            return bad(
+                "sip.min_se_secs must be >= 90 (RFC 4028) and <= session_expires_secs".into(),
+            );
+        }
+        if s.rtp_timeout_secs == 0 || s.ring_timeout_secs == 0 || s.max_legs == 0 {
+            return bad("sip.rtp_timeout_secs, ring_timeout_secs and max_legs must be >= 1".into());
+        }
+        if !["reject", "drop"].contains(&s.unknown_source.as_str()) {
+            return bad("sip.unknown_source must be \"reject\" or \"drop\"".into());
+        }
+        for a in &s.allowed_sources {
+            if crate::sip::Cidr::parse(a).is_none() {
+                return bad(format!("sip.allowed_sources: `{a}` is not an IP or CIDR"));
+            }
+        }
+        if !s.trunk_uri.is_empty() && !s.trunk_uri.starts_with("sip:") {
+            return bad("sip.trunk_uri (SIP_TRUNK_URI) must start with sip:".into());
+        }
+        if !(0..=10).contains(&s.opus_complexity) {
+            return bad("sip.opus_complexity must be 0..=10".into());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        self.validate_sip()?;
         if !(10..=7 * 86_400).contains(&self.calls.abandon_after_secs) {
             return bad("calls.abandon_after_secs must be 10..=604800");
         }

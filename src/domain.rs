@@ -190,6 +190,12 @@ text_enum!(
         Abandoned = "abandoned",
         /// The server stopped while the call was on.
         ServerShutdown = "server_shutdown",
+        /// An outbound phone call: the callee was busy (486, 600).
+        Busy = "busy",
+        /// An outbound phone call was not answered within `sip.ring_timeout_secs` (or 408/480).
+        NoAnswer = "no_answer",
+        /// An outbound phone call failed (any other final response, or no trunk).
+        Failed = "failed",
     }
 );
 
@@ -237,6 +243,10 @@ text_enum!(
     ConsentKind, "consent kind" {
         IvrAnnouncement = "ivr_announcement",
         PeriodicBeep = "periodic_beep",
+        /// A phone leg pressed 1.
+        Dtmf1 = "dtmf_1",
+        VerbalYes = "verbal_yes",
+        VerbalNo = "verbal_no",
     }
 );
 

@@ -37,4 +37,5 @@ pub mod http;
 pub mod recording;
 pub mod redact;
 pub mod server;
+pub mod sip;
 pub mod store;

@@ -55,6 +55,7 @@ pub fn new_state(
         shutdown,
         ready: Arc::new(AtomicBool::new(true)),
         started: Instant::now(),
+        sip: None,
     };
     (state, coordinator)
 }
@@ -167,7 +168,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store, store_task) = open_store(&cfg).await?;
-    let (state, coordinator) = new_state(cfg.clone(), shutdown_rx.clone(), store);
+    let (mut state, coordinator) = new_state(cfg.clone(), shutdown_rx.clone(), store);
+    let sip_cancel = tokio_util::sync::CancellationToken::new();
+    if cfg.sip.enabled {
+        state.sip = Some(
+            crate::sip::Sip::start(
+                &cfg,
+                state.sfu.clone(),
+                state.calls.clone(),
+                sip_cancel.clone(),
+            )
+            .await?,
+        );
+    }
     // The coordinator runs until `calls.shutdown()` below; `abort` only cuts it short when the
     // finalisation itself hangs past its bound.
     let abort = tokio_util::sync::CancellationToken::new();
@@ -256,6 +269,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             tracing::warn!(pending, "writes left in the outbox for the next start");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), coordinator_task).await;
+        // The legs' BYEs went out while the rooms emptied; now the SIP endpoint stops.
+        sip_cancel.cancel();
         drop(calls);
         drop(store);
         let _ = tokio::time::timeout(Duration::from_secs(5), store_task).await;

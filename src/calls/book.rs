@@ -92,6 +92,10 @@ struct Live {
     waiters: Vec<u64>,
     end_reason: Option<String>,
     end_deadline: Option<Instant>,
+    /// The call's phone numbers (from call-create or an inbound INVITE), normalised.
+    numbers: Vec<String>,
+    /// Participants whose `dtmf_1` consent is logged (once each).
+    dtmf_consented: HashSet<ParticipantId>,
 }
 
 impl Live {
@@ -111,6 +115,8 @@ impl Live {
             waiters: Vec::new(),
             end_reason: None,
             end_deadline: None,
+            numbers: Vec::new(),
+            dtmf_consented: HashSet::new(),
         }
     }
 }
@@ -207,6 +213,60 @@ impl Book {
             .map(|(r, l)| (r.clone(), l.ended))
     }
 
+    /// The open call (not ended) one of whose numbers is `number` (normalised `+digits`);
+    /// the newest when several are.
+    pub fn call_of_number(&self, number: &str) -> Option<(CallId, RoomName)> {
+        self.rooms
+            .iter()
+            .filter(|(_, l)| !l.ended && l.numbers.iter().any(|n| n == number))
+            .max_by_key(|(_, l)| l.since)
+            .map(|(r, l)| (l.call, r.clone()))
+    }
+
+    /// A participant pressed a key. A `1` is its recording consent: logged once per
+    /// participant and call, against the running recording (offset into it) if there is one.
+    pub fn dtmf(
+        &mut self,
+        room: &RoomName,
+        participant: ParticipantId,
+        digit: char,
+        now: SystemTime,
+    ) -> Vec<Effect> {
+        if digit != '1' {
+            return vec![];
+        }
+        let Some(l) = self.rooms.get_mut(room) else {
+            return vec![Effect::Invalid {
+                what: "dtmf",
+                detail: format!("digit for room {room}, which has no call"),
+            }];
+        };
+        if !l.dtmf_consented.insert(participant) {
+            return vec![];
+        }
+        let rec = l
+            .recording
+            .and_then(|r| self.recordings.get(&r).map(|i| (r, i.started)));
+        let offset_ms = rec
+            .map(|(_, started)| now.duration_since(started).unwrap_or_default().as_millis() as i64)
+            .unwrap_or(0);
+        vec![Effect::Store(StoreOp::Consent(ConsentRow {
+            id: uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_OID,
+                format!("commhub/consent/{}/{participant}/dtmf_1", l.call).as_bytes(),
+            ),
+            call_id: l.call.0,
+            participant_id: Some(participant.0),
+            recording_id: rec.map(|(r, _)| r.0),
+            kind: ConsentKind::Dtmf1.as_str().into(),
+            offset_ms,
+            occurred_at: utc(now),
+            // The digit came from the phone network (the PBX or trunk).
+            source: "pbx".into(),
+            note: None,
+        }))]
+    }
+
     pub fn call_of_room(&self, room: &RoomName) -> Option<CallId> {
         self.rooms.get(room).map(|l| l.call)
     }
@@ -234,6 +294,11 @@ impl Book {
         let room = RoomName(call.room.clone());
         let mut l = Live::new(CallId(call.id), false, now);
         l.record = Some(call.record);
+        l.numbers = [&call.from_number, &call.to_number]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| signaling::sip::route::normalise_number(n))
+            .collect();
         self.prefs.remove(&room);
         self.rooms.insert(room, l);
     }

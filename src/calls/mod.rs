@@ -17,7 +17,7 @@ pub mod queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use media::{RoomEvent, Sfu};
@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use book::{CallError, Effect, Joining};
 
-use crate::domain::{CallId, RecordingId, RoomName};
+use crate::domain::{CallId, ParticipantId, RecordingId, RoomName};
 use crate::recording::{Recorders, RecordingEvent};
 use crate::store::writer::{Durable, StoreHandle};
 use crate::store::{Call, StoreOp, storage_key};
@@ -80,6 +80,12 @@ enum Event {
         recording: RecordingId,
     },
     Query(Query),
+    /// A participant pressed a key (a phone leg's RFC 4733 event or SIP INFO).
+    Dtmf {
+        room: RoomName,
+        participant: String,
+        digit: char,
+    },
     /// Stop every recording, wait for them, handle what is left, end.
     Shutdown(oneshot::Sender<()>),
 }
@@ -87,6 +93,7 @@ enum Event {
 enum Query {
     LiveCall(CallId, oneshot::Sender<Option<(RoomName, bool)>>),
     CallOfRoom(RoomName, oneshot::Sender<Option<CallId>>),
+    CallOfNumber(String, oneshot::Sender<Option<(CallId, RoomName)>>),
     RecordingOf(RoomName, oneshot::Sender<Option<RecordingId>>),
 }
 
@@ -278,6 +285,25 @@ impl Calls {
             .flatten()
     }
 
+    /// The open call whose number (`+digits`) this is.
+    pub async fn call_of_number(&self, number: &str) -> Option<(CallId, RoomName)> {
+        self.ask(|r| Event::Query(Query::CallOfNumber(number.to_string(), r)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A participant pressed a key: a `1` is logged as its `dtmf_1` consent (once).
+    pub async fn dtmf(&self, room: &str, participant: &str, digit: char) {
+        self.tx
+            .send(Event::Dtmf {
+                room: RoomName::from(room),
+                participant: participant.to_string(),
+                digit,
+            })
+            .await;
+    }
+
     /// The running recording of a room.
     pub async fn recording_of(&self, room: &str) -> Option<RecordingId> {
         self.ask(|r| Event::Query(Query::RecordingOf(RoomName::from(room), r)))
@@ -404,6 +430,17 @@ impl Coordinator {
                 eff
             }
             Event::Joined { room, joining } => self.book.joined(&room, joining, at),
+            Event::Dtmf {
+                room,
+                participant,
+                digit,
+            } => match participant.parse::<ParticipantId>() {
+                Ok(p) => self.book.dtmf(&room, p, digit, SystemTime::now()),
+                Err(e) => {
+                    self.invalid("dtmf", e.to_string());
+                    vec![]
+                }
+            },
             Event::End {
                 call,
                 room,
@@ -436,6 +473,9 @@ impl Coordinator {
                     }
                     Query::CallOfRoom(room, r) => {
                         let _ = r.send(self.book.call_of_room(&room));
+                    }
+                    Query::CallOfNumber(n, r) => {
+                        let _ = r.send(self.book.call_of_number(&n));
                     }
                     Query::RecordingOf(room, r) => {
                         let _ = r.send(self.book.recording_of(&room));

@@ -287,6 +287,27 @@ async fn call_create(
         )));
     }
     tracing::info!(call = %call.id, queued = durable == Durable::Queued, "call created");
+    // An outbound phone call is dialled through the SIP trunk right away.
+    let dial = if call.kind == CallKind::Pstn.as_str()
+        && call.direction == Direction::Outbound.as_str()
+        && let Some(to) = call.to_number.as_deref()
+    {
+        let r = match &state.sip {
+            Some(sip) => sip.dial(
+                crate::domain::CallId(call.id),
+                &call.room,
+                to,
+                call.from_number.as_deref(),
+            ),
+            None => Err("the SIP bridge is disabled (sip.enabled = false)".into()),
+        };
+        match r {
+            Ok(()) => json!({"status": "dialing"}),
+            Err(e) => json!({"status": "not_dialed", "reason": e}),
+        }
+    } else {
+        Value::Null
+    };
     let mut out = token_response(
         &state,
         &headers,
@@ -299,6 +320,9 @@ async fn call_create(
     out["status"] = json!(call.status);
     out["record"] = json!(call.record);
     out["sfu_endpoint"] = json!(state.cfg.api.sfu_endpoint);
+    if !dial.is_null() {
+        out["dial"] = dial;
+    }
     out["call"] = serde_json::to_value(&call).unwrap_or(Value::Null);
     out["turn"] = if state.cfg.turn.shared_secret.is_empty() {
         Value::Null
@@ -390,6 +414,10 @@ async fn call_end(
         return Ok(Json(json!({
             "call_id": id, "status": "ended", "already_ended": true, "call": call,
         })));
+    }
+    // Phone legs still ringing are cancelled; answered ones get their BYE as the room ends.
+    if let Some(sip) = &state.sip {
+        sip.hangup_room(&call.room);
     }
     let (_fresh, durable) = state
         .calls

@@ -50,6 +50,8 @@ pub struct AppState {
     pub calls: crate::calls::Calls,
     pub store: StoreHandle,
     pub tokens: TokenKey,
+    /// The SIP bridge, when `[sip] enabled` (started with the server).
+    pub sip: Option<crate::sip::Sip>,
 }
 
 /// The HTTP router.

@@ -15,6 +15,11 @@ pub fn test_config() -> Config {
     let base = 20000 + (rand::random::<u16>() % 390) * 100;
     cfg.media.port_min = base;
     cfg.media.port_max = base + 99;
+    // SIP on an ephemeral port (UDP and TCP share it); legs' RTP in a window of their own.
+    cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    let rtp = 40000 + (rand::random::<u16>() % 200) * 100;
+    cfg.sip.rtp_port_min = rtp;
+    cfg.sip.rtp_port_max = rtp + 99;
     cfg.media.media_timeout_secs = 4;
     cfg.media.ice_disconnected_secs = 2;
     cfg.server.shutdown_grace_secs = 3;
@@ -43,7 +48,7 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn".into()),
+                .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn,rsipstack=error".into()),
         )
         .with_test_writer()
         .try_init();
