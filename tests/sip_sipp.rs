@@ -194,3 +194,301 @@ async fn a_sipp_caller_is_recorded_on_its_channel_and_pressing_1_logs_consent() 
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+fn scenario(name: &str) -> String {
+    common::repo()
+        .join("tests/sip")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// sipp arguments for one call from `scenario` to `service` at the server.
+fn uac(srv: &ServerHandle, scenario_file: &str, service: &str, extra: &[&str]) -> Vec<String> {
+    let sip = srv.state.sip.clone().expect("SIP on");
+    let mut a: Vec<String> = vec![
+        sip.local_addr().to_string(),
+        "-sf".into(),
+        scenario(scenario_file),
+        "-s".into(),
+        service.into(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        free_udp_port().to_string(),
+        "-m".into(),
+        "1".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_is_answered_recvonly_and_the_session_timer_is_granted() {
+    let srv = common::server(|_| {}).await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-hold");
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_hold.xml", &call.to_string(), &[])).await;
+    assert_eq!(code, 0, "uac_hold: {log}");
+    let parts = srv
+        .state
+        .store
+        .store
+        .participants(&call)
+        .await
+        .expect("rows");
+    assert_eq!(parts.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_vanishes_is_hung_up_after_the_rtp_timeout() {
+    let srv = common::server(|c| c.sip.rtp_timeout_secs = 2).await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-vanish");
+    let t0 = std::time::Instant::now();
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_vanish.xml", &call.to_string(), &[])).await;
+    assert_eq!(code, 0, "uac_vanish (expects our BYE): {log}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let stats = srv.state.sip.as_ref().expect("sip").pstn_stats().clone();
+    assert_eq!(
+        stats
+            .rtp_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_inbound_call_rings_and_a_cancel_abandons_it() {
+    let srv = common::server(|c| c.sip.inbound_numbers = vec!["+15557770000".into()]).await;
+    let dir = tmpdir("sipp-cancel");
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_cancel.xml", "+15557770000", &[])).await;
+    assert_eq!(code, 0, "uac_cancel: {log}");
+    let filter = commhub::store::CallFilter {
+        number: Some("+15557770000".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let store = srv.state.store.store.clone();
+    let mut calls = Vec::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        calls = futures_block(store.list_calls(&filter))
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        calls.len() == 1 && calls[0].status == "ended"
+    })
+    .await;
+    assert!(ok, "one inbound call, ended: {calls:?}");
+    let c = &calls[0];
+    assert_eq!((c.kind.as_str(), c.direction.as_str()), ("pstn", "inbound"));
+    assert_eq!(c.from_number.as_deref(), Some("+15550001111"));
+    assert_eq!(c.end_reason.as_deref(), Some("abandoned"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_precise_and_junk_is_survived() {
+    let srv = common::server(|_| {}).await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-refused");
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        ("nobody".into(), "0", "1800", "404"),
+        (Uuid::new_v4().to_string(), "0", "1800", "404"),
+        ("+15550009999".into(), "0", "1800", "404"),
+        (call.to_string(), "18", "1800", "488"),
+        (call.to_string(), "0", "30", "422"),
+    ];
+    let template = std::fs::read_to_string(scenario("uac_refused.xml")).expect("scenario");
+    for (service, pt, se, expect) in &cases {
+        let file = dir.join(format!("refused_{expect}.xml"));
+        std::fs::write(&file, template.replace("EXPECT", expect)).expect("write");
+        let mut args = uac(
+            &srv,
+            "uac_refused.xml",
+            service,
+            &["-key", "pt", pt, "-key", "se", se],
+        );
+        args[2] = file.display().to_string();
+        let (code, log) = sipp(&dir, &args).await;
+        assert_eq!(code, 0, "{service} pt {pt} se {se} expects {expect}: {log}");
+    }
+    // Junk, truncated and oversized datagrams: no answer is due, nothing breaks.
+    let addr = srv.state.sip.as_ref().expect("sip").local_addr();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let invite =
+        "INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\n";
+    let mut junk: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02".to_vec(),
+        b"hello".to_vec(),
+        invite.as_bytes().to_vec(),
+        format!("{invite}X-Big: {}\r\n\r\n", "a".repeat(7_000)).into_bytes(),
+        vec![0xff; 1400],
+    ];
+    for i in 0..invite.len() {
+        junk.push(invite.as_bytes()[..i].to_vec());
+    }
+    for j in &junk {
+        let _ = sock.send_to(j, addr).await;
+    }
+    // Still answering: OPTIONS gets 200, and a real call still connects.
+    let options = format!(
+        "OPTIONS sip:commhub@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{n}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:commhub@{addr}>\r\nCall-ID: opt{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        local = sock.local_addr().expect("addr"),
+        n = rand::random::<u32>()
+    );
+    sock.send_to(options.as_bytes(), addr).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let reply = loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("an answer to OPTIONS")
+            .expect("recv");
+        let t = String::from_utf8_lossy(&buf[..n]).to_string();
+        if t.contains("OPTIONS") {
+            break t;
+        }
+    };
+    assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
+    assert!(reply.contains("INVITE"), "Allow lists INVITE: {reply}");
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_hold.xml", &call.to_string(), &[])).await;
+    assert_eq!(code, 0, "a call after the junk: {log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+/// A sipp UAS as the carrier trunk on a free port.
+fn trunk_args(port: u16, scenario_args: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = scenario_args.iter().map(|s| s.to_string()).collect();
+    a.extend(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &free_udp_port().to_string(),
+            "-m",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_dial_the_trunk_answer_with_media_and_end_with_bye() {
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+    })
+    .await;
+    let dir = tmpdir("sipp-uas");
+    let args = trunk_args(trunk_port, &["-sn", "uas", "-rtp_echo"]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = common::api_post(
+        &format!("{}/functions/v1/call-create", srv.http_url()),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654321"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["dial"]["status"], "dialing", "{body}");
+    let call: Uuid = body["call"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let sip = srv.state.sip.clone().expect("sip");
+    let stats = sip.pstn_stats().clone();
+    // Our RTP reaches the trunk and comes back (sipp echoes it).
+    let ok = eventually(Duration::from_secs(10), || {
+        stats.rtp_in.load(std::sync::atomic::Ordering::Relaxed) > 50
+    })
+    .await;
+    assert!(ok, "echoed RTP comes back: {stats:?}");
+    let parts = srv
+        .state
+        .store
+        .store
+        .participants(&call)
+        .await
+        .expect("rows");
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].kind, "pstn");
+    let (status, body) = common::api_post(
+        &format!("{}/functions/v1/call-end", srv.http_url()),
+        &serde_json::json!({"call_id": call}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "the trunk saw the whole call and our BYE: {log}");
+    let c = srv
+        .state
+        .store
+        .store
+        .call(&call)
+        .await
+        .expect("row")
+        .expect("call");
+    assert_eq!(c.status, "ended");
+    assert!(c.answered_at.is_none() || c.ended_at >= c.answered_at);
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_trunk_ends_the_call_as_busy() {
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+    })
+    .await;
+    let dir = tmpdir("sipp-busy");
+    let args = trunk_args(trunk_port, &["-sf", &scenario("uas_busy.xml")]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = common::api_post(
+        &format!("{}/functions/v1/call-create", srv.http_url()),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654322"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let call: Uuid = body["call"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "busy trunk: {log}");
+    let store = srv.state.store.store.clone();
+    let mut row = None;
+    let ok = eventually(Duration::from_secs(10), || {
+        row = futures_block(store.call(&call)).ok().flatten();
+        row.as_ref().is_some_and(|c| c.status == "ended")
+    })
+    .await;
+    assert!(ok, "{row:?}");
+    assert_eq!(row.and_then(|c| c.end_reason).as_deref(), Some("busy"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use rsipstack::dialog::dialog::Dialog;
+use rsipstack::dialog::dialog::{Dialog, DialogState};
 use rsipstack::sip::{Header, HeadersExt, StatusCode, ToTypedHeader};
 use rsipstack::transaction::transaction::Transaction;
 use signaling::sip::route::{self, Target};
@@ -16,7 +17,7 @@ use signaling::sip::timer;
 use super::Inner;
 use super::leg::{self, Accepted, LegDialog};
 use crate::calls::{Joining, NewCall};
-use crate::domain::{CallId, CallKind, CallStatus, Direction, RoomName};
+use crate::domain::{CallId, CallKind, CallStatus, Direction, EndReason, RoomName};
 
 fn header(req: &rsipstack::sip::Request, name: &str) -> Option<String> {
     req.headers.iter().find_map(|h| {
@@ -164,7 +165,8 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
         let _ = server.reject(Some(code), Some(why.to_string()));
     };
 
-    // Routing by the Request-URI's user.
+    // Routing by the Request-URI's user. A new inbound call rings until someone joins it.
+    let mut new_call = false;
     let (call, room) = match route::classify(&user) {
         Target::Call(id) => {
             let Ok(call) = id.parse::<CallId>() else {
@@ -210,6 +212,7 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
                         );
                     }
                     tracing::info!(call = %c.id, number = %route::redact_number(&n), "SIP: new inbound call");
+                    new_call = true;
                     (CallId(c.id), RoomName(c.room))
                 }
                 None => {
@@ -232,6 +235,28 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
         return reject(StatusCode::Gone, "the call has ended");
     }
     let _ = server.ringing(None, None);
+    let mut state_rx = state_rx;
+    if new_call {
+        match ring_until_joined(&inner, &room, &mut state_rx).await {
+            Ring::Joined => {}
+            Ring::Cancelled => {
+                st.cancelled.fetch_add(1, Ordering::Relaxed);
+                let _ = inner
+                    .calls
+                    .end(call, room.as_str(), EndReason::Abandoned.as_str())
+                    .await;
+                return;
+            }
+            Ring::TimedOut => {
+                reject(StatusCode::TemporarilyUnavailable, "nobody answered");
+                let _ = inner
+                    .calls
+                    .end(call, room.as_str(), EndReason::NoAnswer.as_str())
+                    .await;
+                return;
+            }
+        }
+    }
     let display = caller
         .as_deref()
         .map(route::redact_number)
@@ -257,6 +282,36 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
     {
         Ok(()) => {}
         Err((code, why)) => reject(code, &why),
+    }
+}
+
+enum Ring {
+    Joined,
+    Cancelled,
+    TimedOut,
+}
+
+/// A new inbound call rings (180) until someone is in its room (an agent pressed Join), the
+/// caller gives up (CANCEL) or `ring_timeout_secs` pass.
+async fn ring_until_joined(
+    inner: &Inner,
+    room: &RoomName,
+    state_rx: &mut rsipstack::dialog::dialog::DialogStateReceiver,
+) -> Ring {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(inner.cfg.ring_timeout_secs);
+    loop {
+        tokio::select! {
+            st = state_rx.recv() => match st {
+                Some(DialogState::Terminated(..)) | None => return Ring::Cancelled,
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if inner.sfu.participants(room.as_str()).is_some_and(|p| !p.is_empty()) {
+                    return Ring::Joined;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ring::TimedOut,
+        }
     }
 }
 
