@@ -119,3 +119,121 @@ async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
     );
     srv.stop().await.expect("stop");
 }
+
+/// The demo page's Phone card in Chromium: the dialer calls through a sipp trunk (answer, the
+/// phone leg's audio arrives), the keypad sends a digit, the consent button logs `verbal_yes`,
+/// Hang up ends the call; then an inbound phone call (sipp playing its pcap, then digit 1)
+/// shows under "Incoming calls", the Join button answers it, and the page hears the digit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_pages_phone_dials_keys_consents_and_answers_an_incoming_call() {
+    use common::sipp::{free_udp_port, scenario, sipp, sipp_dir, trunk_args};
+    use tokio::io::AsyncBufReadExt;
+
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.auth.enabled = true;
+        c.auth.dev_mode = true;
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+        c.sip.inbound_numbers = vec!["+15557770001".into()];
+    })
+    .await;
+    let sip = srv.state.sip.clone().expect("SIP on");
+    let out = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&out).expect("artifacts dir");
+    let wav = out.join("tone-660.wav");
+    write_tone(&wav, 660.0, 60.0);
+    let trunk_dir = sipp_dir();
+    let trunk = tokio::spawn({
+        let (d, a) = (
+            trunk_dir.clone(),
+            trunk_args(
+                trunk_port,
+                &["-sf", &scenario("uas_answer.xml"), "-rtp_echo"],
+            ),
+        );
+        async move { sipp(&d, &a).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node = std::env::var("COMMHUB_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let mut child = tokio::process::Command::new(node)
+        .arg("phone_test.mjs")
+        .args(["--base", &srv.http_url(), "--number", "+15557654321"])
+        .arg("--wav")
+        .arg(&wav)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(repo().join("tests/browser"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut last = Value::Null;
+    let mut caller = None;
+    let caller_dir = sipp_dir();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await
+    {
+        eprintln!("phone_test: {line}");
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["stage"] == "ready" {
+            // The caller: sipp's uac_pcap to a number that makes a new inbound call.
+            let args: Vec<String> = [
+                sip.local_addr().to_string(),
+                "-sn".into(),
+                "uac_pcap".into(),
+                "-s".into(),
+                "+15557770001".into(),
+                "-i".into(),
+                "127.0.0.1".into(),
+                "-mi".into(),
+                "127.0.0.1".into(),
+                "-mp".into(),
+                free_udp_port().to_string(),
+                "-m".into(),
+                "1".into(),
+            ]
+            .to_vec();
+            let d = caller_dir.clone();
+            caller = Some(tokio::spawn(async move { sipp(&d, &args).await }));
+        }
+        if v.get("ok").is_some() {
+            last = v;
+        }
+    }
+    let status = child.wait().await.expect("node");
+    assert!(status.success() && last["ok"] == true, "phone test: {last}");
+    let (code, log) = trunk.await.expect("trunk");
+    assert_eq!(code, 0, "the trunk saw the call and its BYE: {log}");
+    let (code, log) = caller.expect("caller started").await.expect("caller");
+    assert_eq!(code, 0, "the inbound caller: {log}");
+    assert_eq!(last["digitsHeard"], "1", "{last}");
+    assert_eq!(last["legStats"]["codec"], "audio/opus", "{last}");
+    // What the page did reached the server.
+    let stats = sip.pstn_stats();
+    assert_eq!(stats.dtmf_out.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let store = srv.state.store.store.clone();
+    let outbound: uuid::Uuid = last["outboundCall"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let consent = store.consent_events(&outbound).await.expect("consent");
+    assert!(
+        consent
+            .iter()
+            .any(|c| c.kind == "verbal_yes" && c.source == "api"),
+        "{consent:?}"
+    );
+    let inbound: uuid::Uuid = last["inboundCall"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let consent = store.consent_events(&inbound).await.expect("consent");
+    assert!(consent.iter().any(|c| c.kind == "dtmf_1"), "{consent:?}");
+    let _ = std::fs::remove_dir_all(&trunk_dir);
+    let _ = std::fs::remove_dir_all(&caller_dir);
+    srv.stop().await.expect("stop");
+}

@@ -6,72 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use commhub::calls::NewCall;
 use commhub::server::ServerHandle;
 use common::eventually;
+use common::sipp::{free_udp_port, scenario, sipp, sipp_dir, tmpdir, trunk_args};
 use uuid::Uuid;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("commhub-{tag}-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
-}
-
-/// A directory with `pcap -> /usr/share/sip-tester`, as sipp's built-in uac_pcap expects.
-fn sipp_dir() -> PathBuf {
-    let d = tmpdir("sipp");
-    std::os::unix::fs::symlink("/usr/share/sip-tester", d.join("pcap")).expect("symlink");
-    d
-}
-
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
-}
-
-async fn sipp(dir: &Path, args: &[String]) -> (i32, String) {
-    let out = tokio::process::Command::new("sipp")
-        .args(args)
-        .args([
-            "-nostdin",
-            "-timeout",
-            "60s",
-            "-timeout_error",
-            "-trace_err",
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("sipp runs (apt install sip-tester)");
-    let mut errs = String::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().ends_with("_errors.log") {
-                errs.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    let text = format!(
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&out.stderr),
-        errs
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 async fn new_call(srv: &ServerHandle, kind: &str, direction: &str, to: Option<&str>) -> Uuid {
     let (call, _) = srv
@@ -193,14 +135,6 @@ async fn a_sipp_caller_is_recorded_on_its_channel_and_pressing_1_logs_consent() 
 /// Run a store future to completion from a sync closure (the tests run multi-threaded).
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
-}
-
-fn scenario(name: &str) -> String {
-    common::repo()
-        .join("tests/sip")
-        .join(name)
-        .display()
-        .to_string()
 }
 
 /// sipp arguments for one call from `scenario` to `service` at the server.
@@ -369,28 +303,6 @@ async fn refusals_are_precise_and_junk_is_survived() {
     srv.stop().await.expect("stop");
 }
 
-/// A sipp UAS as the carrier trunk on a free port.
-fn trunk_args(port: u16, scenario_args: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = scenario_args.iter().map(|s| s.to_string()).collect();
-    a.extend(
-        [
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &free_udp_port().to_string(),
-            "-m",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    a
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_calls_dial_the_trunk_answer_with_media_and_end_with_bye() {
     let trunk_port = free_udp_port();
@@ -489,6 +401,78 @@ async fn a_busy_trunk_ends_the_call_as_busy() {
     .await;
     assert!(ok, "{row:?}");
     assert_eq!(row.and_then(|c| c.end_reason).as_deref(), Some("busy"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_go_as_sip_info_when_the_trunk_has_no_telephone_event() {
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+    })
+    .await;
+    let dir = tmpdir("sipp-info");
+    let args = trunk_args(trunk_port, &["-sf", &scenario("uas_info.xml")]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = srv.http_url();
+    let (status, body) = common::api_post(
+        &format!("{base}/functions/v1/call-create"),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654323"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let call = body["call"]["id"].as_str().expect("id").to_string();
+    let sip = srv.state.sip.clone().expect("sip");
+    let ok = eventually(Duration::from_secs(10), || {
+        sip.stats()
+            .outbound_answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(ok, "answered");
+    // Bad keys are refused; good ones reach the leg.
+    let (status, body) = common::api_post(
+        &format!("{base}/api/v1/calls/{call}/dtmf"),
+        &serde_json::json!({"digits": "5x"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = common::api_post(
+        &format!("{base}/api/v1/calls/{call}/dtmf"),
+        &serde_json::json!({"digits": "5"}),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["legs"], 1, "{body}");
+    let ok = eventually(Duration::from_secs(5), || {
+        sip.pstn_stats()
+            .dtmf_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(ok, "the INFO was answered");
+    let (status, body) = common::api_post(
+        &format!("{base}/functions/v1/call-end"),
+        &serde_json::json!({"call_id": call}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "the trunk got INFO Signal=5 and the BYE: {log}");
+    // A call without phone legs has nobody to send keys to.
+    let (_, body) = common::api_post(
+        &format!("{base}/functions/v1/call-create"),
+        &serde_json::json!({}),
+    );
+    let other = body["call"]["id"].as_str().expect("id").to_string();
+    let (status, body) = common::api_post(
+        &format!("{base}/api/v1/calls/{other}/dtmf"),
+        &serde_json::json!({"digits": "1"}),
+    );
+    assert_eq!(status, 409, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }

@@ -246,6 +246,19 @@ pub enum ServerMessage {
         recording_id: String,
         reason: String,
     },
+    /// A phone leg in the room pressed a key (RFC 4733 telephone-event or SIP INFO): `digit`
+    /// is one of `0-9`, `*`, `#`, `A-D`.
+    Dtmf {
+        participant_id: String,
+        digit: String,
+    },
+    /// Progress of the room's outbound phone call: `dialing`, `ringing`, `early_media`,
+    /// `answered`, `busy`, `no_answer`, `failed` or `cancelled`, with the SIP status code
+    /// when there is one.
+    PstnStatus {
+        status: String,
+        code: Option<u16>,
+    },
     /// The server is closing this session (shutdown, kicked, ...).
     Bye {
         reason: LeaveReason,

@@ -61,6 +61,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             "/api/v1/calls/{id}/consent",
             post(log_consent).layer(DefaultBodyLimit::max(json_limit)),
         )
+        .route(
+            "/api/v1/calls/{id}/dtmf",
+            post(send_dtmf).layer(DefaultBodyLimit::max(json_limit)),
+        )
         .route("/api/v1/recordings/{id}/{format}", get(download))
         .route("/dev/token", get(dev_token))
         .route("/openapi.json", get(openapi))
@@ -635,6 +639,61 @@ async fn log_consent(
         ))),
         _ => Ok((StatusCode::CREATED, Json(json!(row))).into_response()),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfRequest {
+    /// Keys to send: `0-9`, `*`, `#`, `A-D`, at most 32.
+    pub digits: String,
+    /// Only this phone leg (a participant id); default every phone leg of the call.
+    pub participant_id: Option<String>,
+}
+
+/// Send keys to the call's phone legs (RFC 4733 telephone-events), as the dialer's keypad
+/// does: navigating an IVR on the far end.
+async fn send_dtmf(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Path(id): Path<String>,
+    body: Result<Json<DtmfRequest>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let id = parse_call_id(&id)?;
+    let b = json_body(body)?;
+    let digits = b.digits.trim().to_ascii_uppercase();
+    if digits.is_empty()
+        || digits.len() > 32
+        || !digits
+            .chars()
+            .all(|c| matches!(c, '0'..='9' | '*' | '#' | 'A'..='D'))
+    {
+        return Err(AppError::BadRequest(
+            "digits must be 1 to 32 of 0-9, *, #, A-D".into(),
+        ));
+    }
+    let call = find_call_or_live(&state, &id)
+        .await?
+        .ok_or_else(unknown_call)?;
+    let Some(sip) = &state.sip else {
+        return Err(AppError::coded(
+            StatusCode::CONFLICT,
+            "no_phone_leg",
+            "the SIP bridge is disabled",
+        ));
+    };
+    let sent = sip.send_digits(&call.room, b.participant_id.as_deref(), &digits);
+    if sent == 0 {
+        return Err(AppError::coded(
+            StatusCode::CONFLICT,
+            "no_phone_leg",
+            "the call has no phone leg to send digits to",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"call_id": id, "digits": digits, "legs": sent})),
+    )
+        .into_response())
 }
 
 async fn download(

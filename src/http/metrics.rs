@@ -184,6 +184,177 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "Calls ended as abandoned (nobody joined within calls.abandon_after_secs).",
         load(&c.abandoned).to_string(),
     );
+    if let Some(sip) = &state.sip {
+        let p = sip.pstn_stats();
+        let st = sip.stats();
+        let rows: [(&str, &str, &str, &std::sync::atomic::AtomicU64); 27] = [
+            (
+                "commhub_pstn_legs",
+                "gauge",
+                "Phone legs with media running.",
+                &p.legs,
+            ),
+            (
+                "commhub_pstn_rtp_in_total",
+                "counter",
+                "RTP packets received from phone legs.",
+                &p.rtp_in,
+            ),
+            (
+                "commhub_pstn_rtp_out_total",
+                "counter",
+                "RTP packets sent to phone legs.",
+                &p.rtp_out,
+            ),
+            (
+                "commhub_pstn_rtp_invalid_total",
+                "counter",
+                "Datagrams at leg ports that were not RTP of a negotiated payload type (dropped).",
+                &p.rtp_invalid,
+            ),
+            (
+                "commhub_pstn_rtp_foreign_total",
+                "counter",
+                "RTP from an address other than the latched one (dropped).",
+                &p.rtp_foreign,
+            ),
+            (
+                "commhub_pstn_rtcp_in_total",
+                "counter",
+                "RTCP packets from phone legs (read, not used).",
+                &p.rtcp_in,
+            ),
+            (
+                "commhub_pstn_jitter_missing_total",
+                "counter",
+                "Uplink frames concealed (lost or late).",
+                &p.jitter_missing,
+            ),
+            (
+                "commhub_pstn_jitter_late_total",
+                "counter",
+                "Uplink packets that arrived after their turn (dropped).",
+                &p.jitter_late,
+            ),
+            (
+                "commhub_pstn_decode_errors_total",
+                "counter",
+                "Payloads that did not decode.",
+                &p.decode_errors,
+            ),
+            (
+                "commhub_pstn_downlink_overflow_total",
+                "counter",
+                "Times a leg's queue of room audio passed 300 ms and was trimmed.",
+                &p.downlink_overflow,
+            ),
+            (
+                "commhub_pstn_send_errors_total",
+                "counter",
+                "RTP sends to phone legs that failed.",
+                &p.send_errors,
+            ),
+            (
+                "commhub_pstn_dtmf_in_total",
+                "counter",
+                "Digits received from phone legs (RFC 4733).",
+                &p.dtmf_in,
+            ),
+            (
+                "commhub_pstn_dtmf_out_total",
+                "counter",
+                "Digits sent to phone legs (RFC 4733).",
+                &p.dtmf_out,
+            ),
+            (
+                "commhub_pstn_rtp_timeouts_total",
+                "counter",
+                "Legs hung up after sip.rtp_timeout_secs without RTP.",
+                &p.rtp_timeouts,
+            ),
+            (
+                "commhub_sip_invites_total",
+                "counter",
+                "New INVITEs received.",
+                &st.invites,
+            ),
+            (
+                "commhub_sip_answered_total",
+                "counter",
+                "Inbound legs answered (200).",
+                &st.answered,
+            ),
+            (
+                "commhub_sip_refused_source_total",
+                "counter",
+                "INVITEs refused (403) for their source address.",
+                &st.refused_source,
+            ),
+            (
+                "commhub_sip_dropped_source_total",
+                "counter",
+                "INVITEs dropped unanswered for their source address.",
+                &st.dropped_source,
+            ),
+            (
+                "commhub_sip_refused_rate_total",
+                "counter",
+                "INVITEs refused (503) over sip.invites_per_sec_per_source.",
+                &st.refused_rate,
+            ),
+            (
+                "commhub_sip_refused_capacity_total",
+                "counter",
+                "INVITEs refused (503) at sip.max_legs.",
+                &st.refused_capacity,
+            ),
+            (
+                "commhub_sip_not_found_total",
+                "counter",
+                "INVITEs for an unknown call or number (404).",
+                &st.not_found,
+            ),
+            (
+                "commhub_sip_not_acceptable_total",
+                "counter",
+                "INVITEs with an unusable offer (488).",
+                &st.not_acceptable,
+            ),
+            (
+                "commhub_sip_cancelled_total",
+                "counter",
+                "New inbound calls the caller cancelled while ringing.",
+                &st.cancelled,
+            ),
+            (
+                "commhub_sip_outbound_total",
+                "counter",
+                "Outbound calls dialled through the trunk.",
+                &st.outbound,
+            ),
+            (
+                "commhub_sip_outbound_answered_total",
+                "counter",
+                "Outbound calls answered.",
+                &st.outbound_answered,
+            ),
+            (
+                "commhub_sip_outbound_failed_total",
+                "counter",
+                "Outbound calls that did not connect (busy, no answer, failed).",
+                &st.outbound_failed,
+            ),
+            (
+                "commhub_sip_session_expired_total",
+                "counter",
+                "Legs ended because their RFC 4028 session expired.",
+                &st.session_expired,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            metric(name, kind, help, load(v).to_string());
+        }
+    }
     metric(
         "commhub_uptime_seconds",
         "gauge",

@@ -367,8 +367,19 @@ pub(super) async fn run(mut r: Running) {
                     let _ = r.media.commands.send(LegCommand::Stop(LeaveReason::CallEnded));
                 }
                 Some(LegCtl::Digits(s)) => {
-                    for d in s.chars() {
-                        let _ = r.media.commands.send(LegCommand::SendDigit(d));
+                    if r.negotiated.dtmf_pt.is_some() {
+                        for d in s.chars() {
+                            let _ = r.media.commands.send(LegCommand::SendDigit(d));
+                        }
+                    } else {
+                        // No telephone-event on this leg: SIP INFO (application/dtmf-relay).
+                        for d in s.chars() {
+                            let body = format!("Signal={d}\r\nDuration=160\r\n");
+                            let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+                            if r.dialog.0.info(Some(headers), Some(body.into_bytes())).await.is_ok() {
+                                inner.pstn.dtmf_out.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
             },

@@ -39,10 +39,13 @@ pub(super) fn dial(
 }
 
 fn status(inner: &Inner, room: &RoomName, status: &str, code: Option<u16>) {
-    let msg = serde_json::json!({"type": "pstn_status", "status": status, "code": code});
+    let msg = signaling::ServerMessage::PstnStatus {
+        status: status.to_string(),
+        code,
+    };
     inner.sfu.broadcast(
         room.as_str(),
-        media::ParticipantEvent::Message(Arc::from(msg.to_string())),
+        media::ParticipantEvent::Message(Arc::from(msg.to_json())),
     );
 }
 

@@ -2,6 +2,8 @@
 //! in the benches crate (`commhub_benches::client`) so the load generator uses the same code.
 #![allow(dead_code)]
 
+pub mod sipp;
+
 use commhub::config::Config;
 use commhub::server::{ServerHandle, start};
 
