@@ -1553,7 +1553,9 @@ impl Drop for Participant {
 }
 
 mod leg;
+mod webrtc_leg;
 pub use leg::LegPort;
+pub use webrtc_leg::WebRtcMedia;
 
 #[cfg(test)]
 mod tests {

@@ -51,6 +51,14 @@ fn caller_number(req: &rsipstack::sip::Request) -> Option<String> {
     route::normalise_number(from.uri.user()?)
 }
 
+/// What an INVITE's offer asks for.
+enum Offer {
+    /// Plain RTP, negotiated.
+    Plain(sdp::Negotiated),
+    /// ICE + DTLS-SRTP: the offer's text, for a WebRTC peer.
+    WebRtc(String),
+}
+
 pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
     let st = &inner.stats;
     let src = inner.source(&tx);
@@ -112,12 +120,15 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
             .map_err(|_| SdpError::Malformed("not UTF-8"))
             .and_then(sdp::parse)
             .and_then(|r| match r.proto {
-                Proto::Avp => Ok(r),
-                // DTLS-SRTP and SDES-SRTP legs are not bridged yet: refuse clearly.
-                Proto::WebRtc => Err(SdpError::UnsupportedProto("DTLS-SRTP (RTP/SAVPF)".into())),
+                Proto::Avp => {
+                    sdp::negotiate(&r, &inner.codecs, inner.cfg.ptime_ms).map(Offer::Plain)
+                }
+                // ICE + DTLS-SRTP (FreeSWITCH's media_webrtc): answered by a WebRTC peer; Opus only.
+                Proto::WebRtc => sdp::negotiate(&r, &[sdp::Codec::Opus], inner.cfg.ptime_ms)
+                    .map(|_| Offer::WebRtc(String::from_utf8_lossy(&req.body).into_owned())),
+                // SDES-SRTP is not bridged: refuse clearly.
                 Proto::Savp => Err(SdpError::UnsupportedProto("SDES-SRTP (RTP/SAVP)".into())),
-            })
-            .and_then(|r| sdp::negotiate(&r, &inner.codecs, inner.cfg.ptime_ms));
+            });
         match parsed {
             Ok(n) => Some(n),
             Err(e) => {
@@ -271,7 +282,14 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
         dialog: LegDialog::new(dialog),
         state_rx,
         session,
-        negotiated: offer,
+        negotiated: match &offer {
+            Some(Offer::Plain(n)) => Some(n.clone()),
+            _ => None,
+        },
+        webrtc_offer: match offer {
+            Some(Offer::WebRtc(o)) => Some(o),
+            _ => None,
+        },
     };
     match leg::answer(accepted, |answer, headers| {
         server

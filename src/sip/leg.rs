@@ -45,8 +45,11 @@ pub(super) struct Accepted {
     pub dialog: LegDialog,
     pub state_rx: DialogStateReceiver,
     pub session: Option<SessionTimer>,
-    /// What the INVITE's offer negotiated; `None` when it had no SDP (we offer in the 200).
+    /// What the INVITE's offer negotiated; `None` when it had no SDP (we offer in the 200)
+    /// or offered WebRTC media.
     pub negotiated: Option<Negotiated>,
+    /// A WebRTC (ICE + DTLS-SRTP) offer, answered by a peer connection.
+    pub webrtc_offer: Option<String>,
 }
 
 pub(super) fn wire(c: Codec) -> WireKind {
@@ -89,6 +92,13 @@ pub(super) async fn answer(
     accept: impl FnOnce(String, Vec<Header>) -> Result<(), String>,
 ) -> Result<(), (StatusCode, String)> {
     let inner = a.inner.clone();
+    if let Some(offer) = a.webrtc_offer {
+        return answer_webrtc(
+            a.inner, a.call, a.room, a.display, a.identity, a.dialog, a.state_rx, a.session, offer,
+            accept,
+        )
+        .await;
+    }
     let Some((socket, lease)) = inner.rtp_socket().await else {
         return Err((StatusCode::ServiceUnavailable, "no RTP port free".into()));
     };
@@ -96,10 +106,7 @@ pub(super) async fn answer(
     let port = inner
         .sfu
         .join_leg(a.room.as_str(), a.display.clone(), "pstn".into())
-        .map_err(|e| match e {
-            media::SfuError::Room(_) => (StatusCode::BusyHere, "the call is full".to_string()),
-            other => (StatusCode::TemporarilyUnavailable, other.to_string()),
-        })?;
+        .map_err(join_error)?;
     let participant = port.id().to_string();
     super::inbound::joined(
         &inner,
@@ -121,17 +128,7 @@ pub(super) async fn answer(
             1,
         ),
     };
-    let mut headers = vec![
-        sdp_header(),
-        Header::Other("Supported".into(), "timer".into()),
-    ];
-    if let Some(t) = &a.session {
-        headers.push(Header::Other("Session-Expires".into(), t.header()));
-        if t.refresher == Refresher::Uac {
-            headers.push(Header::Other("Require".into(), "timer".into()));
-        }
-    }
-    if let Err(e) = accept(body, headers) {
+    if let Err(e) = accept(body, answer_headers(&a.session)) {
         port.leave(LeaveReason::Left).await;
         return Err((StatusCode::ServerInternalError, e));
     }
@@ -150,14 +147,15 @@ pub(super) async fn answer(
         },
     };
     let p = params(&inner, &negotiated);
-    let media = match media::pstn::start(port, socket, p, inner.pstn.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "SIP: leg media did not start");
-            let _ = a.dialog.0.bye().await;
-            return Ok(());
-        }
-    };
+    let media =
+        match media::pstn::start(port, media::pstn::LegIo::Udp(socket), p, inner.pstn.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "SIP: leg media did not start");
+                let _ = a.dialog.0.bye().await;
+                return Ok(());
+            }
+        };
     run(Running {
         inner,
         call: a.call,
@@ -170,7 +168,102 @@ pub(super) async fn answer(
         session_id,
         version: 1,
         session: a.session,
-        _lease: lease,
+        webrtc_answer: None,
+        _lease: Some(lease),
+    })
+    .await;
+    Ok(())
+}
+
+fn join_error(e: media::SfuError) -> (StatusCode, String) {
+    match e {
+        media::SfuError::Room(_) => (StatusCode::BusyHere, "the call is full".to_string()),
+        other => (StatusCode::TemporarilyUnavailable, other.to_string()),
+    }
+}
+
+fn answer_headers(session: &Option<SessionTimer>) -> Vec<Header> {
+    let mut headers = vec![
+        sdp_header(),
+        Header::Other("Supported".into(), "timer".into()),
+    ];
+    if let Some(t) = session {
+        headers.push(Header::Other("Session-Expires".into(), t.header()));
+        if t.refresher == Refresher::Uac {
+            headers.push(Header::Other("Require".into(), "timer".into()));
+        }
+    }
+    headers
+}
+
+/// A leg with WebRTC media: a peer connection answers the (completed) offer; the answer goes
+/// back in the offer's terms; the engine runs Opus over the peer connection.
+#[allow(clippy::too_many_arguments)]
+async fn answer_webrtc(
+    inner: Arc<Inner>,
+    call: CallId,
+    room: RoomName,
+    display: String,
+    identity: Option<String>,
+    dialog: LegDialog,
+    state_rx: DialogStateReceiver,
+    session: Option<SessionTimer>,
+    offer: String,
+    accept: impl FnOnce(String, Vec<Header>) -> Result<(), String>,
+) -> Result<(), (StatusCode, String)> {
+    let completed = sdp::webrtc_offer(&offer);
+    let (answer, rtc) = inner
+        .sfu
+        .webrtc_leg(completed.sdp.clone())
+        .await
+        .map_err(|e| (StatusCode::NotAcceptableHere, e.to_string()))?;
+    let answer = sdp::webrtc_answer(&answer, &completed);
+    let port = inner
+        .sfu
+        .join_leg(room.as_str(), display.clone(), "pstn".into())
+        .map_err(join_error)?;
+    let participant = port.id().to_string();
+    super::inbound::joined(&inner, room.as_str(), &participant, &display, identity).await;
+    if let Err(e) = accept(answer.clone(), answer_headers(&session)) {
+        port.leave(LeaveReason::Left).await;
+        return Err((StatusCode::ServerInternalError, e));
+    }
+    inner.stats.answered.fetch_add(1, Ordering::Relaxed);
+    let negotiated = Negotiated {
+        codec: Codec::Opus,
+        pt: rtc.pt,
+        dtmf_pt: None,
+        ptime: 20,
+        direction: Direction::SendRecv,
+        remote: None,
+    };
+    let media = match media::pstn::start(
+        port,
+        media::pstn::LegIo::WebRtc(rtc),
+        params(&inner, &negotiated),
+        inner.pstn.clone(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "SIP: WebRTC leg media did not start");
+            let _ = dialog.0.bye().await;
+            return Ok(());
+        }
+    };
+    run(Running {
+        inner: inner.clone(),
+        call,
+        room,
+        dialog,
+        state_rx,
+        media,
+        negotiated,
+        local: sdp_addr(&inner, 9),
+        session_id: 0,
+        version: 1,
+        session,
+        webrtc_answer: Some(answer),
+        _lease: None,
     })
     .await;
     Ok(())
@@ -215,7 +308,9 @@ pub(super) struct Running {
     pub session_id: u64,
     pub version: u64,
     pub session: Option<SessionTimer>,
-    pub _lease: media::ports::PortLease,
+    /// A WebRTC leg's answer: a re-INVITE gets it again (its media cannot be renegotiated).
+    pub webrtc_answer: Option<String>,
+    pub _lease: Option<media::ports::PortLease>,
 }
 
 /// Digits in an INFO body: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
@@ -289,6 +384,12 @@ pub(super) async fn run(mut r: Running) {
                     deadline = expiry(&r.session);
                     if req.body.is_empty() {
                         let _ = handle.respond(StatusCode::OK, None, None).await;
+                        continue;
+                    }
+                    if let Some(a) = &r.webrtc_answer {
+                        let _ = handle
+                            .respond(StatusCode::OK, Some(vec![sdp_header()]), Some(a.clone().into_bytes()))
+                            .await;
                         continue;
                     }
                     let mut prefs = vec![r.negotiated.codec];

@@ -232,7 +232,8 @@ async fn run_dial(
         session_id,
         version: 1,
         session: None,
-        _lease: lease,
+        webrtc_answer: None,
+        _lease: Some(lease),
     })
     .await;
 }
@@ -271,7 +272,13 @@ async fn join(
         Some(number.to_string()),
     )
     .await;
-    media::pstn::start(port, socket, params(inner, n), inner.pstn.clone()).ok()
+    media::pstn::start(
+        port,
+        media::pstn::LegIo::Udp(socket),
+        params(inner, n),
+        inner.pstn.clone(),
+    )
+    .ok()
 }
 
 #[cfg(test)]

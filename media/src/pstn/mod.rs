@@ -102,6 +102,48 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Where a leg's RTP goes: a plain UDP socket (bound, not connected: the peer need not
+/// listen), or a WebRTC peer connection (ICE + DTLS-SRTP, for WebRTC media over SIP).
+pub enum LegIo {
+    Udp(UdpSocket),
+    WebRtc(crate::sfu::WebRtcMedia),
+}
+
+/// The source address WebRTC packets appear to come from (the peer connection owns the real
+/// one; latching has nothing to decide).
+const WEBRTC_SOURCE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl LegIo {
+    async fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        match self {
+            LegIo::Udp(s) => s.recv_from(buf).await.ok(),
+            LegIo::WebRtc(w) => match w.incoming.recv().await {
+                Some(v) => {
+                    let n = v.len().min(buf.len());
+                    buf[..n].copy_from_slice(&v[..n]);
+                    Some((n, WEBRTC_SOURCE))
+                }
+                // The peer connection is gone: no more media (the RTP timeout ends the leg).
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    async fn send(&self, pkt: &[u8], dest: SocketAddr) -> bool {
+        match self {
+            LegIo::Udp(s) => s.try_send_to(pkt, dest).is_ok(),
+            LegIo::WebRtc(w) => w.send(pkt).await,
+        }
+    }
+
+    async fn close(&self) {
+        if let LegIo::WebRtc(w) = self {
+            w.close().await;
+        }
+    }
+}
+
 /// A running leg: send it commands, read its signals.
 pub struct LegHandle {
     pub commands: mpsc::UnboundedSender<LegCommand>,
@@ -110,10 +152,10 @@ pub struct LegHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Start a leg's media on `socket` (bound, not connected: the peer need not listen).
+/// Start a leg's media on `io`.
 pub fn start(
     mut port: LegPort,
-    socket: UdpSocket,
+    io: LegIo,
     params: LegParams,
     stats: Arc<PstnStats>,
 ) -> Result<LegHandle, String> {
@@ -123,9 +165,13 @@ pub fn start(
     let downlink = port
         .take_downlink()
         .ok_or_else(|| "the leg's downlink was taken".to_string())?;
-    let engine = Engine::new(params, stats.clone())?;
+    let mut engine = Engine::new(params, stats.clone())?;
+    if matches!(io, LegIo::WebRtc(_)) {
+        // DTLS-SRTP carries the packets to the right place: send from the start.
+        engine.dest = Some(WEBRTC_SOURCE);
+    }
     add(&stats.legs, 1);
-    let task = tokio::spawn(run(port, socket, downlink, engine, crx, stx, stats));
+    let task = tokio::spawn(run(port, io, downlink, engine, crx, stx, stats));
     Ok(LegHandle {
         commands: ctx,
         signals: srx,
@@ -548,7 +594,7 @@ impl Engine {
 
 async fn run(
     mut port: LegPort,
-    socket: UdpSocket,
+    mut io: LegIo,
     mut downlink: mpsc::Receiver<SinkMsg>,
     mut engine: Engine,
     mut commands: mpsc::UnboundedReceiver<LegCommand>,
@@ -561,10 +607,10 @@ async fn run(
     let mut out = Out::default();
     let reason = loop {
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => engine.on_datagram(&buf[..n], from, Instant::now(), &mut out),
+            r = io.recv(&mut buf) => match r {
+                Some((n, from)) => engine.on_datagram(&buf[..n], from, Instant::now(), &mut out),
                 // ICMP port unreachable and the like: the peer is not listening (yet).
-                Err(_) => continue,
+                None => continue,
             },
             m = downlink.recv() => match m {
                 Some(SinkMsg::Packet(p)) => engine.on_room_packet(&p, Instant::now()),
@@ -593,9 +639,10 @@ async fn run(
             },
         }
         for (pkt, dest) in out.packets.drain(..) {
-            match socket.try_send_to(&pkt, dest) {
-                Ok(_) => add(&stats.rtp_out, 1),
-                Err(_) => add(&stats.send_errors, 1),
+            if io.send(&pkt, dest).await {
+                add(&stats.rtp_out, 1);
+            } else {
+                add(&stats.send_errors, 1);
             }
         }
         for (payload, ts, level) in out.publish.drain(..) {
@@ -606,6 +653,7 @@ async fn run(
         }
     };
     stats.legs.fetch_sub(1, Ordering::Relaxed);
+    io.close().await;
     port.leave(reason).await;
     let _ = signals.send(LegSignal::Ended(reason));
 }

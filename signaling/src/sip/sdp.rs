@@ -559,6 +559,128 @@ pub fn offer(
     out
 }
 
+/// A WebRTC-over-SIP offer as a WebRTC stack accepts it, and what to undo in the answer.
+///
+/// FreeSWITCH (`media_webrtc=true`) and other SIP endpoints send ICE + DTLS-SRTP offers with
+/// the proto `RTP/SAVPF`, no `a=mid`, no `a=group:BUNDLE`, no direction and RTCP candidates
+/// (component 2) beside `a=rtcp-mux`. A WebRTC stack (`rtc`) refuses a section without a mid
+/// and skips one without a direction, so the offer is completed here and the answer put back
+/// in the offer's terms (RFC 5888 section 9.1: an answer carries a mid only if the offer did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebRtcOffer {
+    /// The offer to hand to the WebRTC stack.
+    pub sdp: String,
+    /// The mids we invented (removed from the answer).
+    pub added_mids: Vec<String>,
+    /// The offer had `a=group:BUNDLE`.
+    pub bundle: bool,
+    /// The offer's m-line protos, in order.
+    pub protos: Vec<String>,
+}
+
+/// Complete a WebRTC-over-SIP offer (see [`WebRtcOffer`]).
+pub fn webrtc_offer(offer: &str) -> WebRtcOffer {
+    let mut out = String::with_capacity(offer.len() + 64);
+    let mut added = Vec::new();
+    let mut protos = Vec::new();
+    let bundle = offer
+        .lines()
+        .any(|l| l.trim_end().starts_with("a=group:BUNDLE"));
+    // Split into the session part and the media sections.
+    let mut sections: Vec<Vec<String>> = vec![Vec::new()];
+    for line in offer.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(line.to_string());
+        }
+    }
+    for (i, sec) in sections.iter().enumerate() {
+        if i == 0 {
+            for l in sec {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            continue;
+        }
+        let has_mid = sec.iter().any(|l| l.starts_with("a=mid:"));
+        let has_dir = sec.iter().any(|l| {
+            matches!(
+                l.as_str(),
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            )
+        });
+        let mux = sec.iter().any(|l| l == "a=rtcp-mux");
+        for (j, l) in sec.iter().enumerate() {
+            if j == 0 {
+                let mut f: Vec<&str> = l.split(' ').collect();
+                if f.len() > 2 {
+                    protos.push(f[2].to_string());
+                    if f[2] == "RTP/SAVPF" || f[2] == "RTP/SAVP" {
+                        f[2] = "UDP/TLS/RTP/SAVPF";
+                    }
+                }
+                out.push_str(&f.join(" "));
+                out.push_str("\r\n");
+                continue;
+            }
+            // RTCP candidates are useless with rtcp-mux.
+            if mux && l.starts_with("a=candidate:") && l.split(' ').nth(1) == Some("2") {
+                continue;
+            }
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        if !has_mid {
+            let mid = (i - 1).to_string();
+            out.push_str(&format!("a=mid:{mid}\r\n"));
+            added.push(mid);
+        }
+        if !has_dir {
+            out.push_str("a=sendrecv\r\n");
+        }
+    }
+    WebRtcOffer {
+        sdp: out,
+        added_mids: added,
+        bundle,
+        protos,
+    }
+}
+
+/// Put a WebRTC stack's answer back in the offer's terms (see [`WebRtcOffer`]).
+pub fn webrtc_answer(answer: &str, offer: &WebRtcOffer) -> String {
+    let mut out = String::with_capacity(answer.len());
+    let mut m = 0usize;
+    for line in answer.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(mid) = line.strip_prefix("a=mid:")
+            && offer.added_mids.iter().any(|a| a == mid)
+        {
+            continue;
+        }
+        if line.starts_with("a=group:BUNDLE") && !offer.bundle {
+            continue;
+        }
+        if line.starts_with("m=") {
+            let mut f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 2
+                && let Some(p) = offer.protos.get(m)
+            {
+                f[2] = p.as_str();
+            }
+            m += 1;
+            out.push_str(&f.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -714,6 +836,48 @@ mod tests {
                 let _ = parse(s).map(|r| negotiate(&r, &Codec::ALL, 20));
             }
         }
+    }
+
+    /// The shape FreeSWITCH sends with media_webrtc=true (signalwire/freeswitch issue 1310).
+    const FS_WEBRTC: &str = "v=0\r\no=FreeSWITCH 1 2 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=msid-semantic: WMS x\r\nm=audio 20000 RTP/SAVPF 102 0 8 103 101\r\na=rtpmap:102 opus/48000/2\r\na=fmtp:102 useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:103 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=fingerprint:sha-256 AB:CD\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtcp:20000 IN IP4 127.0.0.1\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\na=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\na=candidate:1 2 udp 2130706430 127.0.0.1 20001 typ host\r\n";
+
+    #[test]
+    fn freeswitch_webrtc_offers_are_completed_and_answers_restored() {
+        let r = parse(FS_WEBRTC).unwrap();
+        assert_eq!(r.proto, Proto::WebRtc);
+        let o = webrtc_offer(FS_WEBRTC);
+        assert!(
+            o.sdp
+                .contains("m=audio 20000 UDP/TLS/RTP/SAVPF 102 0 8 103 101\r\n"),
+            "{}",
+            o.sdp
+        );
+        assert!(o.sdp.contains("a=mid:0\r\n") && o.sdp.contains("a=sendrecv\r\n"));
+        assert!(
+            !o.sdp.contains(" 2 udp "),
+            "component-2 candidates dropped: {}",
+            o.sdp
+        );
+        assert_eq!(o.added_mids, vec!["0".to_string()]);
+        assert!(!o.bundle);
+        // An answer such as a WebRTC stack writes.
+        let answer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtpmap:102 opus/48000/2\r\na=sendrecv\r\n";
+        let back = webrtc_answer(answer, &o);
+        assert!(back.contains("m=audio 9 RTP/SAVPF 102\r\n"), "{back}");
+        assert!(
+            !back.contains("a=mid") && !back.contains("BUNDLE"),
+            "{back}"
+        );
+        // An offer that has mids and BUNDLE keeps them.
+        let full = "v=0\r\na=group:BUNDLE a\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\na=sendonly\r\n";
+        let o = webrtc_offer(full);
+        assert!(o.added_mids.is_empty() && o.bundle);
+        assert!(!o.sdp.contains("a=sendrecv"));
+        let back = webrtc_answer(
+            "v=0\r\na=group:BUNDLE a\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\n",
+            &o,
+        );
+        assert!(back.contains("a=mid:a") && back.contains("BUNDLE"));
     }
 
     #[test]
