@@ -339,6 +339,10 @@ fn redacted(mut cfg: Config) -> Config {
     hide(&mut cfg.auth.pbx_token);
     hide(&mut cfg.auth.webhook_token);
     hide(&mut cfg.turn.shared_secret);
+    hide(&mut cfg.sip.trunk_password);
+    for t in &mut cfg.sip.trunks {
+        hide(&mut t.password);
+    }
     for k in &mut cfg.auth.api_keys {
         hide(k);
     }
@@ -354,10 +358,28 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
     if let serde_json::Value::Object(sections) = v {
         for (name, body) in sections {
             out.push_str(&format!("[{name}]\n"));
+            let mut tables = Vec::new();
             if let serde_json::Value::Object(kv) = body {
                 for (k, v) in kv {
-                    if !v.is_null() {
-                        out.push_str(&format!("{k} = {v}\n"));
+                    match &v {
+                        serde_json::Value::Null => {}
+                        // Arrays of tables (`[[sip.trunks]]`) follow the section's keys.
+                        serde_json::Value::Array(items)
+                            if !items.is_empty() && items.iter().all(|i| i.is_object()) =>
+                        {
+                            tables.push((k, items.clone()));
+                        }
+                        _ => out.push_str(&format!("{k} = {v}\n")),
+                    }
+                }
+            }
+            for (k, items) in tables {
+                for item in items {
+                    out.push_str(&format!("\n[[{name}.{k}]]\n"));
+                    if let serde_json::Value::Object(kv) = item {
+                        for (ik, iv) in kv.iter().filter(|(_, v)| !v.is_null()) {
+                            out.push_str(&format!("{ik} = {iv}\n"));
+                        }
                     }
                 }
             }

@@ -47,15 +47,15 @@ pub struct SipConfig {
     /// Digest credentials for the trunk (answering its 401/407).
     pub trunk_username: String,
     pub trunk_password: String,
-    /// Source addresses allowed to send INVITEs besides loopback: IPs or CIDRs.
-    pub allowed_sources: Vec<String>,
-    /// Accept INVITEs from 127.0.0.0/8 and ::1 without listing them.
+    /// The PBXs and carrier trunks that may send INVITEs: each by source networks, with
+    /// digest credentials it must answer a 407 with (optional).
+    pub trunks: Vec<TrunkConfig>,
+    /// Accept INVITEs from 127.0.0.0/8 and ::1 without a trunk entry (and without digest).
     pub trust_loopback: bool,
     /// What an INVITE from anywhere else gets: "reject" (403) or "drop" (no answer at all).
     pub unknown_source: String,
-    /// When set, INVITEs must carry digest credentials (407 challenge) with this user/password.
-    pub auth_username: String,
-    pub auth_password: String,
+    /// The digest realm in our 407 challenges.
+    pub realm: String,
     /// INVITEs per second one source may send; more get 503 with Retry-After.
     pub invites_per_sec_per_source: u32,
     /// Concurrent legs; more get 503.
@@ -81,6 +81,19 @@ pub struct SipConfig {
     pub inbound_numbers: Vec<String>,
 }
 
+/// One PBX or carrier trunk allowed to send INVITEs (`[[sip.trunks]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkConfig {
+    /// For logs and metrics.
+    pub name: String,
+    /// Source IPs or CIDRs (`10.0.0.0/8`).
+    pub sources: Vec<String>,
+    /// When set, INVITEs from this trunk must carry digest credentials (407 challenge).
+    pub username: String,
+    pub password: String,
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
@@ -91,11 +104,10 @@ impl Default for SipConfig {
             trunk_uri: String::new(),
             trunk_username: String::new(),
             trunk_password: String::new(),
-            allowed_sources: Vec::new(),
+            trunks: Vec::new(),
             trust_loopback: true,
             unknown_source: "reject".into(),
-            auth_username: String::new(),
-            auth_password: String::new(),
+            realm: "commhub".into(),
             invites_per_sec_per_source: 20,
             max_legs: 500,
             rtp_timeout_secs: 30,
@@ -518,9 +530,26 @@ impl Config {
         if !["reject", "drop"].contains(&s.unknown_source.as_str()) {
             return bad("sip.unknown_source must be \"reject\" or \"drop\"".into());
         }
-        for a in &s.allowed_sources {
-            if crate::sip::Cidr::parse(a).is_none() {
-                return bad(format!("sip.allowed_sources: `{a}` is not an IP or CIDR"));
+        for t in &s.trunks {
+            if t.sources.is_empty() {
+                return bad(format!(
+                    "sip.trunks `{}`: list its sources (IPs or CIDRs)",
+                    t.name
+                ));
+            }
+            for a in &t.sources {
+                if crate::sip::Cidr::parse(a).is_none() {
+                    return bad(format!(
+                        "sip.trunks `{}`: `{a}` is not an IP or CIDR",
+                        t.name
+                    ));
+                }
+            }
+            if t.username.is_empty() != t.password.is_empty() {
+                return bad(format!(
+                    "sip.trunks `{}`: username and password go together",
+                    t.name
+                ));
             }
         }
         if !s.trunk_uri.is_empty() && !s.trunk_uri.starts_with("sip:") {

@@ -476,3 +476,114 @@ async fn keys_go_as_sip_info_when_the_trunk_has_no_telephone_event() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_with_credentials_is_challenged_and_checked() {
+    let srv = common::server(|c| {
+        c.sip.trunks = vec![commhub::config::TrunkConfig {
+            name: "pbx".into(),
+            sources: vec!["127.0.0.0/8".into()],
+            username: "pbx".into(),
+            password: "s3cret".into(),
+        }];
+    })
+    .await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-auth");
+    let sip = srv.state.sip.clone().expect("sip");
+    let st = sip.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (code, log) = sipp(
+        &dir,
+        &uac(
+            &srv,
+            "uac_auth.xml",
+            &call.to_string(),
+            &["-au", "pbx", "-ap", "s3cret"],
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "uac_auth: {log}");
+    assert_eq!(
+        (
+            load(&st.challenged),
+            load(&st.answered),
+            load(&st.refused_auth)
+        ),
+        (1, 1, 0)
+    );
+    let (code, log) = sipp(
+        &dir,
+        &uac(
+            &srv,
+            "uac_auth.xml",
+            &call.to_string(),
+            &["-au", "pbx", "-ap", "wrong"],
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "uac_auth with a wrong password: {log}");
+    assert_eq!(
+        (
+            load(&st.challenged),
+            load(&st.answered),
+            load(&st.refused_auth)
+        ),
+        (2, 1, 1)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sources_get_403_and_floods_get_503() {
+    let srv = common::server(|c| {
+        c.sip.trust_loopback = false;
+        c.sip.trunks = vec![commhub::config::TrunkConfig {
+            name: "carrier".into(),
+            sources: vec!["192.0.2.0/24".into()],
+            ..Default::default()
+        }];
+    })
+    .await;
+    let dir = tmpdir("sipp-403");
+    let file = dir.join("refused_403.xml");
+    let template = std::fs::read_to_string(scenario("uac_refused.xml")).expect("scenario");
+    std::fs::write(&file, template.replace("EXPECT", "403")).expect("write");
+    let mut args = uac(
+        &srv,
+        "uac_refused.xml",
+        "+15550001234",
+        &["-key", "pt", "0", "-key", "se", "1800"],
+    );
+    args[2] = file.display().to_string();
+    let (code, log) = sipp(&dir, &args).await;
+    assert_eq!(code, 0, "403 for a source no trunk lists: {log}");
+    srv.stop().await.expect("stop");
+
+    // A flood from one source: beyond invites_per_sec_per_source the answer is 503.
+    let srv = common::server(|c| c.sip.invites_per_sec_per_source = 5).await;
+    let file = dir.join("refused_404.xml");
+    std::fs::write(&file, template.replace("EXPECT", "404")).expect("write");
+    let mut args = uac(
+        &srv,
+        "uac_refused.xml",
+        "nobody",
+        &["-key", "pt", "0", "-key", "se", "1800"],
+    );
+    args[2] = file.display().to_string();
+    let m = args.iter().position(|a| a == "-m").expect("-m");
+    args[m + 1] = "60".into();
+    args.extend(["-r".into(), "60".into()]);
+    let _ = sipp(&dir, &args).await;
+    let st = srv.state.sip.as_ref().expect("sip").stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        load(&st.refused_rate) >= 20,
+        "503s: {}",
+        load(&st.refused_rate)
+    );
+    assert!(load(&st.not_found) >= 5, "404s: {}", load(&st.not_found));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}

@@ -187,7 +187,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(sip) = &state.sip {
         let p = sip.pstn_stats();
         let st = sip.stats();
-        let rows: [(&str, &str, &str, &std::sync::atomic::AtomicU64); 27] = [
+        let rows: [(&str, &str, &str, &std::sync::atomic::AtomicU64); 29] = [
             (
                 "commhub_pstn_legs",
                 "gauge",
@@ -289,6 +289,18 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 "counter",
                 "INVITEs refused (403) for their source address.",
                 &st.refused_source,
+            ),
+            (
+                "commhub_sip_challenged_total",
+                "counter",
+                "INVITEs answered 407 (digest challenge) for a trunk with credentials.",
+                &st.challenged,
+            ),
+            (
+                "commhub_sip_refused_auth_total",
+                "counter",
+                "INVITEs refused (403) for wrong digest credentials.",
+                &st.refused_auth,
             ),
             (
                 "commhub_sip_dropped_source_total",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rsipstack::dialog::dialog::{Dialog, DialogState};
 use rsipstack::sip::{Header, HeadersExt, StatusCode, ToTypedHeader};
 use rsipstack::transaction::transaction::Transaction;
+use signaling::sip::digest;
 use signaling::sip::route::{self, Target};
 use signaling::sip::sdp::{self, Proto, SdpError};
 use signaling::sip::timer;
@@ -51,6 +52,53 @@ fn caller_number(req: &rsipstack::sip::Request) -> Option<String> {
     route::normalise_number(from.uri.user()?)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Nonces are good for five minutes.
+const NONCE_MAX_AGE_SECS: u64 = 300;
+
+enum Auth {
+    Ok,
+    Challenge { stale: bool },
+    Refused,
+}
+
+/// Check an INVITE's `Proxy-Authorization` against the trunk's credentials.
+fn authorized(
+    inner: &Inner,
+    req: &rsipstack::sip::Request,
+    t: &crate::config::TrunkConfig,
+    source: &str,
+) -> Auth {
+    let Some(creds) = header(req, "Proxy-Authorization").and_then(|v| digest::parse(&v)) else {
+        return Auth::Challenge { stale: false };
+    };
+    match digest::check_nonce(
+        &inner.nonce_key,
+        &creds.nonce,
+        unix_now(),
+        source,
+        NONCE_MAX_AGE_SECS,
+    ) {
+        digest::NonceCheck::Fresh => {}
+        digest::NonceCheck::Stale => return Auth::Challenge { stale: true },
+        digest::NonceCheck::Invalid => return Auth::Challenge { stale: false },
+    }
+    if creds.username == t.username
+        && creds.realm == inner.cfg.realm
+        && digest::verify(&creds, &t.password, "INVITE")
+    {
+        Auth::Ok
+    } else {
+        Auth::Refused
+    }
+}
+
 /// What an INVITE's offer asks for.
 enum Offer {
     /// Plain RTP, negotiated.
@@ -62,14 +110,46 @@ enum Offer {
 pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
     let st = &inner.stats;
     let src = inner.source(&tx);
-    if !inner.source_allowed(src) {
-        if inner.cfg.unknown_source == "drop" {
-            st.dropped_source.fetch_add(1, Ordering::Relaxed);
+    let trunk = match inner.source_kind(src) {
+        super::Source::Trunk(t) => Some(t),
+        super::Source::Loopback => None,
+        super::Source::Unknown => {
+            if inner.cfg.unknown_source == "drop" {
+                st.dropped_source.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            st.refused_source.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.reply(StatusCode::Forbidden).await;
             return;
         }
-        st.refused_source.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.reply(StatusCode::Forbidden).await;
-        return;
+    };
+    if let Some(t) = trunk.filter(|t| !t.username.is_empty()) {
+        let source = src.map(|ip| ip.to_string()).unwrap_or_default();
+        match authorized(&inner, &tx.original, t, &source) {
+            Auth::Ok => {}
+            Auth::Challenge { stale } => {
+                st.challenged.fetch_add(1, Ordering::Relaxed);
+                let now = unix_now();
+                let n = digest::nonce(&inner.nonce_key, now, &source);
+                let _ = tx
+                    .reply_with(
+                        StatusCode::ProxyAuthenticationRequired,
+                        vec![Header::Other(
+                            "Proxy-Authenticate".into(),
+                            digest::challenge(&inner.cfg.realm, &n, stale),
+                        )],
+                        None,
+                    )
+                    .await;
+                return;
+            }
+            Auth::Refused => {
+                st.refused_auth.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trunk = %t.name, "SIP: INVITE with wrong digest credentials (403)");
+                let _ = tx.reply(StatusCode::Forbidden).await;
+                return;
+            }
+        }
     }
     if !inner.rate_ok(src) {
         st.refused_rate.fetch_add(1, Ordering::Relaxed);

@@ -90,6 +90,9 @@ pub struct SipStats {
     pub answered: AtomicU64,
     /// Final responses we sent to INVITEs, by class of refusal.
     pub refused_source: AtomicU64,
+    /// 407 challenges sent, and INVITEs refused (403) for wrong credentials.
+    pub challenged: AtomicU64,
+    pub refused_auth: AtomicU64,
     pub refused_rate: AtomicU64,
     pub refused_capacity: AtomicU64,
     pub not_found: AtomicU64,
@@ -136,9 +139,18 @@ pub(crate) struct Inner {
     next_leg: AtomicU64,
     /// INVITEs per source in the current second.
     rate: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-    allowed: Vec<Cidr>,
+    trunks: Vec<(crate::config::TrunkConfig, Vec<Cidr>)>,
+    /// Key of our digest nonces (random per process: a restart re-challenges).
+    nonce_key: [u8; 32],
     cancel: CancellationToken,
     recording_enabled: bool,
+}
+
+/// Where an INVITE comes from.
+pub(crate) enum Source<'a> {
+    Trunk(&'a crate::config::TrunkConfig),
+    Loopback,
+    Unknown,
 }
 
 /// The SIP bridge (cheap to clone).
@@ -200,10 +212,15 @@ impl Sip {
             .clone()
             .unwrap_or_else(|| local.ip().to_string());
         let codecs = s.codecs.iter().filter_map(|c| Codec::parse(c)).collect();
-        let allowed = s
-            .allowed_sources
+        let trunks = s
+            .trunks
             .iter()
-            .filter_map(|a| Cidr::parse(a))
+            .map(|t| {
+                (
+                    t.clone(),
+                    t.sources.iter().filter_map(|a| Cidr::parse(a)).collect(),
+                )
+            })
             .collect();
         let inner = Arc::new(Inner {
             ports: PortAllocator::new(s.rtp_port_min, s.rtp_port_max),
@@ -219,7 +236,8 @@ impl Sip {
             legs: Mutex::new(HashMap::new()),
             next_leg: AtomicU64::new(1),
             rate: Mutex::new(HashMap::new()),
-            allowed,
+            trunks,
+            nonce_key: rand::random(),
             cancel: cancel.clone(),
             recording_enabled: cfg.recording.enabled,
             cfg: s,
@@ -372,9 +390,22 @@ impl Inner {
         }
     }
 
-    fn source_allowed(&self, ip: Option<IpAddr>) -> bool {
-        let Some(ip) = ip else { return false };
-        (self.cfg.trust_loopback && ip.is_loopback()) || self.allowed.iter().any(|c| c.contains(ip))
+    /// Who a source is: a configured trunk (first match), trusted loopback, or unknown.
+    fn source_kind(&self, ip: Option<IpAddr>) -> Source<'_> {
+        let Some(ip) = ip else {
+            return Source::Unknown;
+        };
+        if let Some((t, _)) = self
+            .trunks
+            .iter()
+            .find(|(_, nets)| nets.iter().any(|c| c.contains(ip)))
+        {
+            return Source::Trunk(t);
+        }
+        if self.cfg.trust_loopback && ip.is_loopback() {
+            return Source::Loopback;
+        }
+        Source::Unknown
     }
 
     /// Count an INVITE from `ip`; false when over `invites_per_sec_per_source`.
