@@ -59,6 +59,9 @@ pub struct JitterBuffer<T> {
 
 /// A jump this large (in frames) is a new stream, not loss.
 const RESTART_JUMP: u64 = 3_000;
+/// A frame this far behind the playout point (2-3 s) is not late but a sender that started
+/// its numbering over (a PBX re-anchoring media, a replayed stream): a new stream.
+const RESTART_BACK: u64 = 100;
 
 impl<T> JitterBuffer<T> {
     /// Play after `depth` frames (e.g. 3 frames of 20 ms: 60 ms); hold at most `max`.
@@ -119,7 +122,7 @@ impl<T> JitterBuffer<T> {
         if let Some(next) = self.next.or(self.due) {
             if e < next {
                 // Played already, or its turn passed.
-                if next - e > RESTART_JUMP {
+                if next - e > RESTART_BACK {
                     self.restart();
                     return self.push(seq, frame);
                 }
@@ -326,5 +329,20 @@ mod tests {
         }
         assert_eq!(j.push(30_105, 0), Push::Overflow);
         assert_eq!(j.len(), 4);
+    }
+
+    #[test]
+    fn a_replayed_stream_restarts_instead_of_being_late() {
+        // sipp replays its pcap with the same numbers: 235 frames back is a new stream.
+        let mut j = JitterBuffer::new(1, 8);
+        for s in 7_000..7_236u16 {
+            j.push(s, s);
+            assert_eq!(j.pop(), Playout::Frame(s));
+        }
+        assert_eq!(j.push(7_000, 1), Push::Accepted);
+        assert_eq!(j.pop(), Playout::Frame(1));
+        assert_eq!(j.stats().restarts, 1);
+        // A frame a few behind is still just late.
+        assert_eq!(j.push(6_990, 2), Push::Late);
     }
 }
