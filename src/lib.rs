@@ -21,6 +21,9 @@
 //!   call API and `/api/v1` (`api.rs`), recording-upload (`upload.rs`), signaling (`ws.rs`),
 //!   WHIP/WHEP (`whip.rs`), the recording switch (`recording.rs`), health and metrics
 //!   (`metrics.rs`), the demo page (`web.rs`).
+//! - `sip/`: the SIP bridge (rsipstack): the endpoint and intake (`mod.rs`), inbound INVITEs
+//!   (`inbound.rs`), outbound dialing (`outbound.rs`), an answered leg's dialog and media
+//!   (`leg.rs`). Its pure rules are `signaling::sip`; its media `media::pstn`.
 //! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials and the ICE-server list,
 //!   constant-time secrets.
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.

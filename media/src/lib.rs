@@ -10,16 +10,21 @@
 //! - `rewrite.rs`: [`Rewriter`], one output stream's numbering (pure).
 //! - `level.rs`: RFC 6464 audio levels and the active-speaker detector (pure).
 //! - `tap.rs`: [`Tap`], bounded, never-blocking packet taps.
-//! - `codec/`: G.711 µ-law/A-law and integer-ratio resampling for PSTN legs (pure).
+//! - `codec/`: G.711 µ-law/A-law, and [`codec::WireCodec`]: a phone leg's codec (PCMU, PCMA,
+//!   G.722, Opus) at the leg's rate (pure).
 //! - `dtmf.rs`: RFC 4733 telephone events -> digits, each once (pure).
 //! - `jitter.rs`: a PSTN leg's fixed-delay jitter buffer: in order, one frame per ptime (pure).
-//! - `mix.rs`: mix-minus, what a PSTN leg hears (pure).
+//! - `mix.rs`: summing and saturating a phone leg's downlink mix (pure).
+//! - `pstn/`: a phone leg's media engine: RTP (or a WebRTC peer) <-> its [`LegPort`] in a room,
+//!   with latching, jitter playout, transcoding, mix-minus, pacing and RFC 4733 (`rtp.rs`:
+//!   RTP headers).
 //! - `stats.rs`: counters for `/metrics`.
 //! - `ports.rs`: the UDP port range peer connections bind in.
 //! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
 //!   channel events.
 //! - `sfu.rs`: [`Sfu`] (rooms), [`Participant`] handles, the publisher read loops and the
-//!   subscriber writer tasks.
+//!   subscriber writer tasks; `sfu/leg.rs`: [`LegPort`], a phone leg's place in a room;
+//!   `sfu/webrtc_leg.rs`: WebRTC media (ICE + DTLS-SRTP) for a SIP leg.
 //!
 //! ## Contract
 //! Only this crate touches webrtc-rs. Packets are forwarded with the payload untouched; each

@@ -1,19 +1,12 @@
-//! Codecs and sample-rate conversion for PSTN legs (pure: samples in, samples out).
+//! Codecs for phone legs (pure: samples in, bytes out).
 //!
-//! - `g711.rs`: G.711 µ-law (PCMU) and A-law (PCMA), 8 kHz.
-//! - `resample.rs`: integer-ratio polyphase resampling between the legs' rates (8 and 16 kHz)
-//!   and the rooms' 48 kHz.
-//! - `wire.rs`: [`WireCodec`], a leg's codec (PCMU, PCMA, G.722, Opus) at the leg's own rate;
-//!   what the bridge runs.
-//! - `leg.rs`: [`LegCodec`], a leg's payloads <-> 48 kHz frames at its packet time.
+//! - `g711.rs`: G.711 µ-law (PCMU) and A-law (PCMA), 8 kHz, bit-exact against sox.
+//! - `wire.rs`: [`WireCodec`], a leg's codec (PCMU, PCMA, G.722, Opus) at the leg's own rate.
 //!
-//! Opus stays with libopus (the `opus` crate, used by the recorder).
+//! A leg runs at its codec's rate (8 kHz for G.711, 16 kHz for G.722, 48 kHz for Opus):
+//! libopus encodes from and decodes to that rate, so no resampler sits on a leg's path.
 
 pub mod g711;
-pub mod leg;
-pub mod resample;
 pub mod wire;
 
-pub use leg::{LegCodec, LegCodecKind, ROOM_RATE};
-pub use resample::Resampler;
 pub use wire::{WireCodec, WireKind};

@@ -214,6 +214,9 @@ struct Engine {
     latched: Option<(SocketAddr, u32, Instant)>,
     last_rx: Instant,
     scratch: Vec<i16>,
+    /// The downlink mix being built, and its 16-bit result (kept to reuse their memory).
+    acc: Vec<i32>,
+    pcm: Vec<i16>,
     wire_buf: Vec<u8>,
     opus_buf: Vec<u8>,
 }
@@ -280,6 +283,8 @@ impl Engine {
             latched: None,
             last_rx: now,
             scratch: Vec::new(),
+            acc: Vec::new(),
+            pcm: Vec::new(),
             wire_buf: Vec::new(),
             opus_buf: vec![0; 1_500],
         })
@@ -503,20 +508,17 @@ impl Engine {
         let mut next = due;
         while next <= now {
             next += Duration::from_millis(ptime as u64);
-            let mut acc = vec![0i32; n];
+            self.acc.clear();
+            self.acc.resize(n, 0);
             for s in self.sources.values_mut().filter(|s| s.primed) {
                 let take = n.min(s.fifo.len());
-                for (a, x) in acc.iter_mut().zip(s.fifo.drain(..take)) {
-                    *a += x as i32;
-                }
+                crate::mix::add(&mut self.acc, s.fifo.drain(..take));
                 if s.fifo.is_empty() {
                     s.primed = false;
                 }
             }
-            let pcm: Vec<i16> = acc
-                .iter()
-                .map(|&a| a.clamp(i16::MIN as i32, i16::MAX as i32) as i16)
-                .collect();
+            let mut pcm = std::mem::take(&mut self.pcm);
+            crate::mix::saturate(&self.acc, &mut pcm);
             let step = self.p.codec.clock_rate() * ptime / 1_000;
             let packet = if let Some(ev) = self.dtmf_tx.pop_front() {
                 let marker = std::mem::take(&mut self.dtmf_marker);
@@ -530,6 +532,7 @@ impl Engine {
                 ))
             } else {
                 self.wire.encode(&pcm, &mut self.wire_buf);
+                self.pcm = pcm;
                 Some(rtp::build(
                     self.p.pt,
                     false,
