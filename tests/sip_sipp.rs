@@ -587,3 +587,96 @@ async fn unknown_sources_get_403_and_floods_get_503() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_reaches_the_room_before_the_answer_and_no_answer_is_cancelled() {
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+        c.sip.ring_timeout_secs = 5;
+    })
+    .await;
+    let sip = srv.state.sip.clone().expect("sip");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    // 183 with SDP and 3 s of speech, then 200.
+    let dir = sipp_dir();
+    let args = trunk_args(trunk_port, &["-sf", &scenario("uas_early.xml")]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = srv.http_url();
+    let (status, body) = common::api_post(
+        &format!("{base}/functions/v1/call-create"),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654324"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let call = body["call"]["id"].as_str().expect("id").to_string();
+    // Before the answer: the leg is in the room and its speech arrives.
+    let stats = sip.pstn_stats().clone();
+    let ok = eventually(Duration::from_secs(3), || load(&stats.rtp_in) > 20).await;
+    assert!(ok, "early media flows before the answer");
+    assert_eq!(load(&sip.stats().outbound_answered), 0, "not answered yet");
+    let ok = eventually(Duration::from_secs(6), || {
+        load(&sip.stats().outbound_answered) == 1
+    })
+    .await;
+    assert!(ok, "answered after the early media");
+    let (status, _) = common::api_post(
+        &format!("{base}/functions/v1/call-end"),
+        &serde_json::json!({"call_id": call}),
+    );
+    assert_eq!(status, 200);
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "uas_early: {log}");
+
+    // Nobody answers: after ring_timeout_secs commhub cancels; the call ends no_answer.
+    let args = trunk_args(trunk_port, &["-sf", &scenario("uas_noanswer.xml")]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = common::api_post(
+        &format!("{base}/functions/v1/call-create"),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654325"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let call: Uuid = body["call"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "uas_noanswer (expects our CANCEL): {log}");
+    let store = srv.state.store.store.clone();
+    let mut row = None;
+    let ok = eventually(Duration::from_secs(10), || {
+        row = futures_block(store.call(&call)).ok().flatten();
+        row.as_ref().is_some_and(|c| c.status == "ended")
+    })
+    .await;
+    assert!(ok, "{row:?}");
+    assert_eq!(row.and_then(|c| c.end_reason).as_deref(), Some("no_answer"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_without_sdp_gets_our_offer_and_answers_in_the_ack() {
+    let srv = common::server(|_| {}).await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-nosdp");
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_no_sdp.xml", &call.to_string(), &[])).await;
+    assert_eq!(code, 0, "uac_no_sdp: {log}");
+    let sip = srv.state.sip.clone().expect("sip");
+    // Our RTP went to the address of the ACK's answer: the leg started with PCMU.
+    let out = sip
+        .pstn_stats()
+        .rtp_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(out > 30, "RTP sent after the ACK's answer: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
