@@ -271,6 +271,15 @@ pub struct RecordingSection {
     pub announcement: bool,
     /// MP3 preview bitrate (kbit/s).
     pub mp3_bitrate_kbps: u32,
+    /// How phone legs consent: "announce" (they hear the announcement and beeps, as everyone)
+    /// or "dtmf" (they also hear "press 1 to agree" when they join, and their answer or
+    /// silence is stored as a consent event).
+    pub consent_mode: String,
+    /// With consent_mode "dtmf": seconds after the prompt to wait for the 1 key.
+    pub dtmf_consent_timeout_secs: u64,
+    /// With consent_mode "dtmf", when no 1 comes: "continue", "stop_recording" (the call's
+    /// recording stops) or "hangup" (the leg is hung up).
+    pub dtmf_no_consent: String,
 }
 
 impl Default for RecordingSection {
@@ -284,6 +293,9 @@ impl Default for RecordingSection {
             beep_level_dbfs: -12.0,
             announcement: true,
             mp3_bitrate_kbps: 40,
+            consent_mode: "announce".into(),
+            dtmf_consent_timeout_secs: 15,
+            dtmf_no_consent: "continue".into(),
         }
     }
 }
@@ -613,6 +625,17 @@ impl Config {
             return bad(
                 "recording.beep_frequency_hz must be 20..=20000 and beep_level_dbfs -60..=0",
             );
+        }
+        if !["announce", "dtmf"].contains(&r.consent_mode.as_str()) {
+            return bad("recording.consent_mode must be \"announce\" or \"dtmf\"");
+        }
+        if !["continue", "stop_recording", "hangup"].contains(&r.dtmf_no_consent.as_str()) {
+            return bad(
+                "recording.dtmf_no_consent must be \"continue\", \"stop_recording\" or \"hangup\"",
+            );
+        }
+        if !(1..=300).contains(&r.dtmf_consent_timeout_secs) {
+            return bad("recording.dtmf_consent_timeout_secs must be 1..=300");
         }
         if !(8..=320).contains(&r.mp3_bitrate_kbps) {
             return bad("recording.mp3_bitrate_kbps must be 8..=320");

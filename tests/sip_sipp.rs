@@ -680,3 +680,83 @@ async fn an_invite_without_sdp_gets_our_offer_and_answers_in_the_ack() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_consent_mode_prompts_and_acts_on_the_answer_or_silence() {
+    // The caller presses 1 (sipp's uac_pcap, about 8 s in): the prompt and the dtmf_1 are
+    // stored, nothing else happens.
+    let srv = common::server(|c| {
+        c.recording.consent_mode = "dtmf".into();
+        c.recording.dtmf_consent_timeout_secs = 10;
+        c.recording.dtmf_no_consent = "hangup".into();
+    })
+    .await;
+    let call = new_call(&srv, "pstn", "inbound", Some("+15551230001")).await;
+    let dir = sipp_dir();
+    let sip = srv.state.sip.clone().expect("sip");
+    let args: Vec<String> = [
+        sip.local_addr().to_string(),
+        "-sn".into(),
+        "uac_pcap".into(),
+        "-s".into(),
+        call.to_string(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        free_udp_port().to_string(),
+        "-m".into(),
+        "1".into(),
+    ]
+    .to_vec();
+    let (code, log) = sipp(&dir, &args).await;
+    assert_eq!(code, 0, "uac_pcap: {log}");
+    let store = srv.state.store.store.clone();
+    let mut rows = Vec::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        rows = futures_block(store.consent_events(&call)).unwrap_or_default();
+        rows.iter().any(|c| c.kind == "dtmf_1")
+    })
+    .await;
+    assert!(ok, "{rows:?}");
+    let notes: Vec<&str> = rows.iter().filter_map(|c| c.note.as_deref()).collect();
+    assert_eq!(notes, vec!["press-1 consent prompt played"], "{rows:?}");
+    srv.stop().await.expect("stop");
+
+    // The caller says nothing: after the prompt and the timeout the leg is hung up
+    // (dtmf_no_consent = "hangup") and the silence is stored.
+    let srv = common::server(|c| {
+        c.recording.consent_mode = "dtmf".into();
+        c.recording.dtmf_consent_timeout_secs = 1;
+        c.recording.dtmf_no_consent = "hangup".into();
+    })
+    .await;
+    let call = new_call(&srv, "pstn", "inbound", Some("+15551230002")).await;
+    let t0 = std::time::Instant::now();
+    let (code, log) = sipp(&dir, &uac(&srv, "uac_vanish.xml", &call.to_string(), &[])).await;
+    assert_eq!(code, 0, "uac_vanish (expects our BYE): {log}");
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_secs(3) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let store = srv.state.store.store.clone();
+    let mut rows = Vec::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        rows = futures_block(store.consent_events(&call)).unwrap_or_default();
+        rows.iter().filter(|c| c.note.is_some()).count() == 2
+    })
+    .await;
+    assert!(ok, "{rows:?}");
+    assert!(
+        rows.iter().any(|c| c
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("no key within 1 s") && n.ends_with("hangup"))),
+        "{rows:?}"
+    );
+    assert!(!rows.iter().any(|c| c.kind == "dtmf_1"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}

@@ -104,6 +104,16 @@ pub fn load_announcement() -> Arc<Vec<i16>> {
         .clone()
 }
 
+static CONSENT_PROMPT_WAV: &[u8] = include_bytes!("../assets/consent_prompt.wav");
+
+/// "This call may be recorded. To agree, press 1.": played to a phone leg when
+/// `recording.consent_mode = "dtmf"` (48 kHz mono; empty if the asset does not parse).
+pub fn load_consent_prompt() -> Arc<Vec<i16>> {
+    static PCM: OnceLock<Arc<Vec<i16>>> = OnceLock::new();
+    PCM.get_or_init(|| Arc::new(parse_wav_48k_mono(CONSENT_PROMPT_WAV).unwrap_or_default()))
+        .clone()
+}
+
 /// Parses a RIFF/WAVE file holding 48 kHz mono 16-bit PCM.
 pub(crate) fn parse_wav_48k_mono(bytes: &[u8]) -> Option<Vec<i16>> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
@@ -231,6 +241,13 @@ mod tests {
     fn announcement_asset_parses() {
         let a = load_announcement();
         assert!(a.len() > 24_000 && a.len() < 150_000, "{} samples", a.len());
+        assert!(a.iter().any(|&s| s.unsigned_abs() > 5_000));
+    }
+
+    #[test]
+    fn consent_prompt_asset_parses() {
+        let a = load_consent_prompt();
+        assert!(a.len() > 96_000 && a.len() < 200_000, "{} samples", a.len());
         assert!(a.iter().any(|&s| s.unsigned_abs() > 5_000));
     }
 

@@ -89,6 +89,7 @@ use bytes::Bytes;
 
 pub use consent::{
     BeepConfig, ConsentEvent, ConsentKind, beep_pcm, encode_opus_frames, load_announcement,
+    load_consent_prompt,
 };
 pub use error::RecorderError;
 /// The encoders on their own, for audio that does not come from a call's packets (e.g. a

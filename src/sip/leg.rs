@@ -335,6 +335,37 @@ pub(super) fn info_digits(body: &[u8]) -> Vec<char> {
     out
 }
 
+/// A consent event about the press-1 prompt (kind `ivr_announcement`, the outcome in `note`),
+/// against the call's running recording if there is one.
+async fn log_consent_note(inner: &Inner, r: &Running, participant: &str, note: &str) {
+    let now = chrono::Utc::now();
+    let since = match tokio::time::timeout(
+        Duration::from_secs(1),
+        inner.calls.store().store.call(&r.call.0),
+    )
+    .await
+    {
+        Ok(Ok(Some(c))) => c.answered_at.unwrap_or(c.created_at),
+        _ => now,
+    };
+    let row = crate::store::ConsentRow {
+        id: uuid::Uuid::new_v4(),
+        call_id: r.call.0,
+        participant_id: participant.parse().ok(),
+        recording_id: inner.calls.recording_of(r.room.as_str()).await.map(|x| x.0),
+        kind: crate::domain::ConsentKind::IvrAnnouncement.as_str().into(),
+        offset_ms: (now - since).num_milliseconds().max(0),
+        occurred_at: now,
+        source: "system".into(),
+        note: Some(note.to_string()),
+    };
+    inner
+        .calls
+        .store()
+        .write(crate::store::StoreOp::Consent(row))
+        .await;
+}
+
 async fn on_digit(inner: &Inner, room: &RoomName, participant: &str, d: char) {
     inner.stats.dtmf.fetch_add(1, Ordering::Relaxed);
     let msg =
@@ -365,7 +396,20 @@ pub(super) async fn run(mut r: Running) {
         .map(|t| Duration::from_secs((t.interval_secs / 2).max(1) as u64));
     let mut next_refresh = refresh_every.map(|d| tokio::time::Instant::now() + d);
     let mut remote_ended = false;
+    // recording.consent_mode = "dtmf": the prompt, then a deadline for the 1 key.
+    let mut consent_deadline = None;
+    if let Some(c) = &inner.dtmf_consent {
+        let _ = r.media.commands.send(LegCommand::Play(c.frames.clone()));
+        log_consent_note(&inner, &r, &participant, "press-1 consent prompt played").await;
+        consent_deadline = Some(tokio::time::Instant::now() + c.prompt + c.timeout);
+    }
     loop {
+        let sleep_consent = async {
+            match consent_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let sleep_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -427,6 +471,9 @@ pub(super) async fn run(mut r: Running) {
                     let digits = info_digits(&req.body);
                     let _ = handle.respond(StatusCode::OK, None, None).await;
                     for d in digits {
+                        if d == '1' {
+                            consent_deadline = None;
+                        }
                         on_digit(&inner, &r.room, &participant, d).await;
                     }
                 }
@@ -445,7 +492,12 @@ pub(super) async fn run(mut r: Running) {
                 }
             },
             sig = r.media.signals.recv() => match sig {
-                Some(LegSignal::Dtmf(d)) => on_digit(&inner, &r.room, &participant, d).await,
+                Some(LegSignal::Dtmf(d)) => {
+                    if d == '1' {
+                        consent_deadline = None;
+                    }
+                    on_digit(&inner, &r.room, &participant, d).await;
+                }
                 Some(LegSignal::RtpTimeout) => {
                     tracing::info!(participant = %participant, "SIP: no RTP within rtp_timeout_secs; hanging up");
                 }
@@ -489,6 +541,32 @@ pub(super) async fn run(mut r: Running) {
                 tracing::info!(participant = %participant, "SIP: session expired without a refresh");
                 deadline = None;
                 let _ = r.media.commands.send(LegCommand::Stop(LeaveReason::MediaTimeout));
+            },
+            _ = sleep_consent => {
+                consent_deadline = None;
+                let action = inner
+                    .dtmf_consent
+                    .as_ref()
+                    .map(|c| c.no_consent.clone())
+                    .unwrap_or_default();
+                let secs = inner.dtmf_consent.as_ref().map(|c| c.timeout.as_secs()).unwrap_or(0);
+                tracing::info!(participant = %participant, action = %action, "SIP: no consent key pressed");
+                log_consent_note(
+                    &inner,
+                    &r,
+                    &participant,
+                    &format!("press-1 consent prompt: no key within {secs} s after it; {action}"),
+                )
+                .await;
+                match action.as_str() {
+                    "stop_recording" => {
+                        inner.calls.set_recording(r.room.as_str(), false).await;
+                    }
+                    "hangup" => {
+                        let _ = r.media.commands.send(LegCommand::Stop(LeaveReason::Left));
+                    }
+                    _ => {}
+                }
             },
             _ = sleep_refresh => {
                 next_refresh = refresh_every.map(|d| tokio::time::Instant::now() + d);

@@ -144,6 +144,16 @@ pub(crate) struct Inner {
     nonce_key: [u8; 32],
     cancel: CancellationToken,
     recording_enabled: bool,
+    /// `recording.consent_mode = "dtmf"`: the prompt's Opus frames, how long to wait for the 1
+    /// after it, and what to do without it.
+    dtmf_consent: Option<DtmfConsent>,
+}
+
+pub(crate) struct DtmfConsent {
+    pub frames: Arc<Vec<bytes::Bytes>>,
+    pub prompt: Duration,
+    pub timeout: Duration,
+    pub no_consent: String,
 }
 
 /// Where an INVITE comes from.
@@ -240,6 +250,20 @@ impl Sip {
             nonce_key: rand::random(),
             cancel: cancel.clone(),
             recording_enabled: cfg.recording.enabled,
+            dtmf_consent: (cfg.recording.consent_mode == "dtmf").then(|| {
+                let pcm = recorder::load_consent_prompt();
+                let frames = recorder::encode_opus_frames(&pcm)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(bytes::Bytes::from)
+                    .collect::<Vec<_>>();
+                DtmfConsent {
+                    prompt: Duration::from_millis(frames.len() as u64 * 20),
+                    frames: Arc::new(frames),
+                    timeout: Duration::from_secs(cfg.recording.dtmf_consent_timeout_secs),
+                    no_consent: cfg.recording.dtmf_no_consent.clone(),
+                }
+            }),
             cfg: s,
         });
         let ep = endpoint.inner.clone();

@@ -62,6 +62,9 @@ pub enum LegCommand {
     Update(LegParams),
     /// Send a digit to the phone (RFC 4733), as the room's keypad asks.
     SendDigit(char),
+    /// Play these 20 ms Opus frames (48 kHz) to this leg only, mixed into what it hears (the
+    /// "press 1" consent prompt).
+    Play(Arc<Vec<Bytes>>),
     /// Leave the room and stop.
     Stop(LeaveReason),
 }
@@ -208,6 +211,9 @@ struct Engine {
     down_seq: u16,
     down_ts: u32,
     dtmf_tx: VecDeque<[u8; 4]>,
+    /// A prompt for this leg only: frames left and when the next is due.
+    prompt: VecDeque<Bytes>,
+    prompt_next: Option<Instant>,
     dtmf_ts: u32,
     dtmf_marker: bool,
     dest: Option<SocketAddr>,
@@ -278,6 +284,8 @@ impl Engine {
             down_seq: rand::random(),
             down_ts: rand::random(),
             dtmf_tx: VecDeque::new(),
+            prompt: VecDeque::new(),
+            prompt_next: None,
             dtmf_ts: 0,
             dtmf_marker: false,
             latched: None,
@@ -456,9 +464,41 @@ impl Engine {
         self.up_pcm.drain(..off);
     }
 
+    /// Queue a prompt for this leg (played from now, in real time).
+    fn play(&mut self, frames: &[Bytes], now: Instant) {
+        self.prompt.extend(frames.iter().cloned());
+        self.prompt_next.get_or_insert(now);
+    }
+
+    /// Feed the prompt's due frames in as if a room producer sent them.
+    fn feed_prompt(&mut self, now: Instant) {
+        static PROMPT: std::sync::OnceLock<ParticipantId> = std::sync::OnceLock::new();
+        let producer = PROMPT.get_or_init(|| Arc::from("prompt")).clone();
+        while let Some(due) = self.prompt_next
+            && due <= now
+        {
+            let Some(frame) = self.prompt.pop_front() else {
+                self.prompt_next = None;
+                break;
+            };
+            self.decode_into_source(producer.clone(), 0, &frame, now);
+            self.prompt_next = Some(due + Duration::from_millis(20));
+        }
+    }
+
     /// A packet from the room.
     fn on_room_packet(&mut self, pkt: &crate::forward::MediaPacket, now: Instant) {
-        let key = (pkt.producer.clone(), pkt.ssrc);
+        self.decode_into_source(pkt.producer.clone(), pkt.ssrc, &pkt.payload, now);
+    }
+
+    fn decode_into_source(
+        &mut self,
+        producer: ParticipantId,
+        ssrc: u32,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let key = (producer, ssrc);
         let rate = self.rate;
         let src = match self.sources.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -477,7 +517,7 @@ impl Engine {
         };
         src.last = now;
         self.scratch.resize(rate * 120 / 1_000, 0);
-        match src.dec.decode(&pkt.payload, &mut self.scratch, false) {
+        match src.dec.decode(payload, &mut self.scratch, false) {
             Ok(n) => src.fifo.extend(&self.scratch[..n]),
             Err(_) => {
                 add(&self.stats.decode_errors, 1);
@@ -621,6 +661,7 @@ async fn run(
             },
             _ = tick.tick() => {
                 let now = Instant::now();
+                engine.feed_prompt(now);
                 engine.uplink(now, &mut out);
                 engine.downlink(now, &mut out);
                 if engine.timed_out(now) {
@@ -632,6 +673,7 @@ async fn run(
             c = commands.recv() => match c {
                 Some(LegCommand::Update(p)) => engine.update(p),
                 Some(LegCommand::SendDigit(d)) => { engine.send_digit(d); }
+                Some(LegCommand::Play(frames)) => engine.play(&frames, Instant::now()),
                 Some(LegCommand::Stop(r)) => break r,
                 None => break LeaveReason::Left,
             },
@@ -772,6 +814,43 @@ mod tests {
         assert!(te[0].marker && !te[1].marker);
         assert!(te.iter().all(|p| p.timestamp == te[0].timestamp));
         assert_eq!(te.iter().filter(|p| p.payload[1] & 0x80 != 0).count(), 3);
+    }
+
+    #[test]
+    fn a_prompt_is_heard_by_this_leg() {
+        let mut e = engine(WireKind::Pcmu, 0);
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let tone: Vec<i16> = (0..960)
+            .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI / 48.0).sin() * 8_000.0) as i16)
+            .collect();
+        let frames: Vec<Bytes> = (0..25)
+            .map(|_| Bytes::from(enc.encode_vec(&tone, 1_500).unwrap()))
+            .collect();
+        let t0 = Instant::now();
+        e.play(&frames, t0);
+        let mut out = Out::default();
+        for ms in (0..500).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            e.feed_prompt(now);
+            e.downlink(now, &mut out);
+        }
+        // Decoded µ-law: some packets carry the 1 kHz prompt, none did before.
+        let loud = out
+            .packets
+            .iter()
+            .filter_map(|(p, _)| rtp::parse(p))
+            .filter(|p| {
+                let mut pcm = Vec::new();
+                crate::codec::g711::ulaw_decode_frame(p.payload, &mut pcm);
+                pcm.iter().map(|&s| (s as i64).abs()).max().unwrap_or(0) > 2_000
+            })
+            .count();
+        assert!(
+            loud >= 15,
+            "{loud} of {} packets carry the prompt",
+            out.packets.len()
+        );
     }
 
     #[test]
