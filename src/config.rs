@@ -40,6 +40,11 @@ pub struct SipConfig {
     pub listen: SocketAddr,
     /// Also listen on TCP at `listen`.
     pub tcp: bool,
+    /// SIP over TLS (rustls) on this address, with `tls_cert` and `tls_key` (PEM); off when
+    /// unset.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// The host (name or IP) in our Contact and SDP, when `listen`'s IP is not reachable as is.
     pub public_host: Option<String>,
     /// Outbound calls go to this trunk (`SIP_TRUNK_URI`): `sip:host[:port]` or `sip:user@host`.
@@ -100,6 +105,9 @@ impl Default for SipConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tcp: true,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             public_host: None,
             trunk_uri: String::new(),
             trunk_username: String::new(),
@@ -563,6 +571,9 @@ impl Config {
                     t.name
                 ));
             }
+        }
+        if s.tls_listen.is_some() && (s.tls_cert.is_none() || s.tls_key.is_none()) {
+            return bad("sip.tls_listen needs sip.tls_cert and sip.tls_key".into());
         }
         if !s.trunk_uri.is_empty() && !s.trunk_uri.starts_with("sip:") {
             return bad("sip.trunk_uri (SIP_TRUNK_URI) must start with sip:".into());

@@ -760,3 +760,63 @@ async fn dtmf_consent_mode_prompts_and_acts_on_the_answer_or_silence() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+/// SIP over TLS: `openssl s_client` (a TLS client this project did not write) sends OPTIONS
+/// and gets 200. (Debian's sipp is built without TLS.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_answers_options() {
+    let dir = tmpdir("sip-tls");
+    let (cert, key) = commhub::cli::write_dev_cert(&dir, &[]).expect("dev cert");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let srv = common::server(move |c| {
+        c.sip.tls_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+        c.sip.tls_cert = Some(cert);
+        c.sip.tls_key = Some(key);
+    })
+    .await;
+    let options = format!(
+        "OPTIONS sip:commhub@127.0.0.1:{port};transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls{n}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:commhub@127.0.0.1>\r\nCall-ID: tls{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        n = rand::random::<u32>()
+    );
+    let mut child = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-quiet",
+            "-ign_eof",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(options.as_bytes()).await.expect("write");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("SIP/2.0 200"), "over TLS: {text}");
+    drop(stdin);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}

@@ -199,6 +199,22 @@ impl Sip {
                 .with_context(|| format!("binding SIP TCP {local}"))?;
             transports.add_transport(tcp.into());
         }
+        if let (Some(addr), Some(cert), Some(key)) = (s.tls_listen, &s.tls_cert, &s.tls_key) {
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let config = rsipstack::transport::tls::TlsConfig {
+                cert: Some(read(cert)?),
+                key: Some(read(key)?),
+                ..Default::default()
+            };
+            let tls = rsipstack::transport::tls::TlsListenerConnection::new(addr, None, config)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("SIP TLS on {addr}"))?;
+            transports.add_transport(tls.into());
+            tracing::info!(%addr, "SIP over TLS listening");
+        }
         let endpoint = rsipstack::EndpointBuilder::new()
             .with_user_agent(concat!("commhub/", env!("CARGO_PKG_VERSION")))
             .with_cancel_token(cancel.child_token())
