@@ -820,3 +820,46 @@ async fn sip_over_tls_answers_options() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_answer_the_trunks_digest_challenge() {
+    let trunk_port = free_udp_port();
+    let srv = common::server(move |c| {
+        c.sip.trunk_uri = format!("sip:127.0.0.1:{trunk_port}");
+        c.sip.trunk_username = "commhub".into();
+        c.sip.trunk_password = "trunk-pw".into();
+    })
+    .await;
+    let dir = tmpdir("sipp-uas-auth");
+    let args = trunk_args(trunk_port, &["-sf", &scenario("uas_auth.xml")]);
+    let trunk = tokio::spawn({
+        let dir = dir.clone();
+        async move { sipp(&dir, &args).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = srv.http_url();
+    let (status, body) = common::api_post(
+        &format!("{base}/functions/v1/call-create"),
+        &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654326"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let call = body["call"]["id"].as_str().expect("id").to_string();
+    let sip = srv.state.sip.clone().expect("sip");
+    let ok = eventually(Duration::from_secs(10), || {
+        sip.stats()
+            .outbound_answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(ok, "answered after the 401");
+    let (status, _) = common::api_post(
+        &format!("{base}/functions/v1/call-end"),
+        &serde_json::json!({"call_id": call}),
+    );
+    assert_eq!(status, 200);
+    let (code, log) = trunk.await.expect("join");
+    assert_eq!(code, 0, "sipp verified our digest and got our BYE: {log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
