@@ -23,6 +23,8 @@ struct Leg {
     codec: &'static str,
     account_codec: &'static str,
     hz: f64,
+    /// baresip's media encryption (`srtp-mand`: SDES-SRTP, RTP/SAVP), if any.
+    mediaenc: Option<&'static str>,
 }
 
 const LEGS: [Leg; 3] = [
@@ -30,16 +32,19 @@ const LEGS: [Leg; 3] = [
         codec: "PCMU",
         account_codec: "PCMU/8000/1",
         hz: 440.0,
+        mediaenc: None,
     },
     Leg {
         codec: "G722",
         account_codec: "G722/16000/1",
         hz: 660.0,
+        mediaenc: None,
     },
     Leg {
         codec: "opus",
         account_codec: "opus/48000/2",
         hz: 880.0,
+        mediaenc: None,
     },
 ];
 
@@ -100,7 +105,7 @@ fn baresip_dir(leg: &Leg, rtp_base: u16) -> PathBuf {
          audio_source aufile,{wav}\nausrc_srate 48000\nausrc_channels 1\nsnd_path {out}\n\
          rtp_ports {rtp_base}-{rtp_end}\nmodule_path /usr/lib/baresip/modules\n\
          module g711.so\nmodule g722.so\nmodule opus.so\nmodule alsa.so\nmodule aufile.so\n\
-         module sndfile.so\nmodule_app account.so\nmodule_app menu.so\n",
+         module sndfile.so\nmodule srtp.so\nmodule_app account.so\nmodule_app menu.so\n",
         sip = free_port(),
         wav = wav.display(),
         out = d.join("out").display(),
@@ -110,8 +115,12 @@ fn baresip_dir(leg: &Leg, rtp_base: u16) -> PathBuf {
     std::fs::write(
         d.join("accounts"),
         format!(
-            "<sip:bs-{}@127.0.0.1>;regint=0;audio_codecs={}\n",
-            leg.codec, leg.account_codec
+            "<sip:bs-{}@127.0.0.1>;regint=0;audio_codecs={}{}\n",
+            leg.codec,
+            leg.account_codec,
+            leg.mediaenc
+                .map(|m| format!(";mediaenc={m}"))
+                .unwrap_or_default()
         ),
     )
     .expect("accounts");
@@ -308,5 +317,94 @@ async fn baresip_legs_hear_everyone_but_themselves_in_each_codec() {
         let _ = std::fs::remove_dir_all(d);
     }
     let _ = std::fs::remove_dir_all(&root);
+    srv.stop().await.expect("stop");
+}
+
+/// SDES-SRTP (RTP/SAVP with a=crypto): a baresip leg with `mediaenc=srtp-mand` and an aiortc
+/// client hear each other, so both directions decrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdes_srtp_leg_is_bridged_both_ways() {
+    let srv = common::server(|_| {}).await;
+    let sip = srv.state.sip.clone().expect("SIP on");
+    let (call, _) = srv
+        .state
+        .calls
+        .create(NewCall {
+            kind: "hybrid".into(),
+            direction: "outbound".into(),
+            from_number: None,
+            to_number: None,
+            record: false,
+        })
+        .await;
+    let client = spawn_py(
+        &[
+            "tests/clients/ws_client.py",
+            "--url",
+            &srv.ws_url(),
+            "--room",
+            &call.room,
+            "--name",
+            "Agent",
+            "--role",
+            "agent",
+            "--tone",
+            &CLIENT_HZ.to_string(),
+            "--duration",
+            "12",
+        ]
+        .map(str::to_string),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leg = Leg {
+        codec: "PCMU",
+        account_codec: "PCMU/8000/1",
+        hz: 440.0,
+        mediaenc: Some("srtp-mand"),
+    };
+    let d = baresip_dir(&leg, 46_000 + (rand::random::<u16>() % 100) * 100);
+    let target = format!("/dial sip:{}@{}", call.id, sip.local_addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("baresip")
+            .args(["-f", &d.display().to_string(), "-e", &target, "-t", "8"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("baresip ends")
+    .expect("baresip runs");
+    let log = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(log.contains("Call established"), "{log}");
+    let (code, json, err) = finish_py(client, Duration::from_secs(40)).await;
+    assert_eq!(code, 0, "client: {json}\n{err}");
+    let received = json["received"].as_object().expect("received");
+    assert!(
+        received
+            .values()
+            .any(|r| (r["dominant_hz"].as_f64().unwrap_or(0.0) - leg.hz).abs() < 15.0),
+        "the browser hears the SRTP leg: {json}"
+    );
+    let dec = std::fs::read_dir(d.join("out"))
+        .expect("out")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("no dump of what the leg heard: {log}"));
+    let x = samples(&dec);
+    let mid = &x[16_000 * 2..x.len().saturating_sub(16_000)];
+    let browser = power(mid, CLIENT_HZ);
+    assert!(
+        browser > 1e-4,
+        "the SRTP leg hears the browser: {browser:e}"
+    );
+    let st = sip.pstn_stats();
+    assert_eq!(
+        st.rtp_invalid.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every SRTP packet decrypted"
+    );
+    let _ = std::fs::remove_dir_all(&d);
     srv.stop().await.expect("stop");
 }

@@ -206,8 +206,10 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
                 // ICE + DTLS-SRTP (FreeSWITCH's media_webrtc): answered by a WebRTC peer; Opus only.
                 Proto::WebRtc => sdp::negotiate(&r, &[sdp::Codec::Opus], inner.cfg.ptime_ms)
                     .map(|_| Offer::WebRtc(String::from_utf8_lossy(&req.body).into_owned())),
-                // SDES-SRTP is not bridged: refuse clearly.
-                Proto::Savp => Err(SdpError::UnsupportedProto("SDES-SRTP (RTP/SAVP)".into())),
+                // SDES-SRTP: the offer's key line is checked by negotiate.
+                Proto::Savp => {
+                    sdp::negotiate(&r, &inner.codecs, inner.cfg.ptime_ms).map(Offer::Plain)
+                }
             });
         match parsed {
             Ok(n) => Some(n),

@@ -61,7 +61,43 @@ pub(super) fn wire(c: Codec) -> WireKind {
     }
 }
 
-pub(super) fn params(inner: &Inner, n: &Negotiated) -> LegParams {
+/// A fresh SDES master key (16 bytes of key, 14 of salt).
+pub(super) fn new_srtp_key() -> Vec<u8> {
+    (0..30).map(|_| rand::random::<u8>()).collect()
+}
+
+fn b64(k: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// The SRTP keys of a negotiated SDES leg (none for plain RTP).
+fn srtp_keys(
+    n: &Negotiated,
+    local: Option<&[u8]>,
+) -> Result<Option<media::pstn::SrtpKeys>, String> {
+    let (Some(c), Some(local)) = (&n.crypto, local) else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let remote = base64::engine::general_purpose::STANDARD
+        .decode(c.key.trim())
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(c.key.trim()))
+        .map_err(|_| "the a=crypto key is not base64".to_string())?;
+    if remote.len() != 30 {
+        return Err(format!(
+            "the a=crypto key has {} bytes; AES-128 needs 30",
+            remote.len()
+        ));
+    }
+    Ok(Some(media::pstn::SrtpKeys {
+        tag_32: c.suite.ends_with("_32"),
+        local: local.to_vec(),
+        remote,
+    }))
+}
+
+pub(super) fn params(inner: &Inner, n: &Negotiated, srtp_local: Option<&[u8]>) -> LegParams {
     LegParams {
         codec: wire(n.codec),
         pt: n.pt,
@@ -72,6 +108,8 @@ pub(super) fn params(inner: &Inner, n: &Negotiated) -> LegParams {
         receive: n.direction.receives(),
         rtp_timeout: Duration::from_secs(inner.cfg.rtp_timeout_secs),
         opus_complexity: inner.cfg.opus_complexity,
+        // Checked when the offer was answered (`srtp_keys`).
+        srtp: srtp_keys(n, srtp_local).ok().flatten(),
     }
 }
 
@@ -117,8 +155,25 @@ pub(super) async fn answer(
     )
     .await;
     let session_id: u64 = rand::random::<u32>() as u64;
+    let srtp_local = a
+        .negotiated
+        .as_ref()
+        .and_then(|n| n.crypto.as_ref())
+        .map(|_| new_srtp_key());
+    if let Some(n) = &a.negotiated
+        && let Err(e) = srtp_keys(n, srtp_local.as_deref())
+    {
+        port.leave(LeaveReason::Left).await;
+        return Err((StatusCode::NotAcceptableHere, e));
+    }
     let body = match &a.negotiated {
-        Some(n) => sdp::answer(n, local, session_id, 1),
+        Some(n) => sdp::answer_srtp(
+            n,
+            local,
+            session_id,
+            1,
+            srtp_local.as_deref().map(b64).as_deref(),
+        ),
         None => sdp::offer(
             &inner.codecs,
             local,
@@ -146,7 +201,7 @@ pub(super) async fn answer(
             }
         },
     };
-    let p = params(&inner, &negotiated);
+    let p = params(&inner, &negotiated, srtp_local.as_deref());
     let media =
         match media::pstn::start(port, media::pstn::LegIo::Udp(socket), p, inner.pstn.clone()) {
             Ok(m) => m,
@@ -169,6 +224,7 @@ pub(super) async fn answer(
         version: 1,
         session: a.session,
         webrtc_answer: None,
+        srtp_local,
         _lease: Some(lease),
     })
     .await;
@@ -236,11 +292,12 @@ async fn answer_webrtc(
         ptime: 20,
         direction: Direction::SendRecv,
         remote: None,
+        crypto: None,
     };
     let media = match media::pstn::start(
         port,
         media::pstn::LegIo::WebRtc(rtc),
-        params(&inner, &negotiated),
+        params(&inner, &negotiated, None),
         inner.pstn.clone(),
     ) {
         Ok(m) => m,
@@ -263,6 +320,7 @@ async fn answer_webrtc(
         version: 1,
         session,
         webrtc_answer: Some(answer),
+        srtp_local: None,
         _lease: None,
     })
     .await;
@@ -310,6 +368,8 @@ pub(super) struct Running {
     pub session: Option<SessionTimer>,
     /// A WebRTC leg's answer: a re-INVITE gets it again (its media cannot be renegotiated).
     pub webrtc_answer: Option<String>,
+    /// An SDES leg's own master key (kept across re-INVITEs).
+    pub srtp_local: Option<Vec<u8>>,
     pub _lease: Option<media::ports::PortLease>,
 }
 
@@ -445,12 +505,16 @@ pub(super) async fn run(mut r: Running) {
                     match neg {
                         Ok(n) => {
                             r.version += 1;
-                            let body = sdp::answer(&n, r.local, r.session_id, r.version);
+                            if n.crypto.is_some() && r.srtp_local.is_none() {
+                                r.srtp_local = Some(new_srtp_key());
+                            }
+                            let key = n.crypto.as_ref().and(r.srtp_local.as_deref()).map(b64);
+                            let body = sdp::answer_srtp(&n, r.local, r.session_id, r.version, key.as_deref());
                             let _ = handle
                                 .respond(StatusCode::OK, Some(vec![sdp_header()]), Some(body.into_bytes()))
                                 .await;
                             tracing::info!(participant = %participant, direction = n.direction.as_str(), "SIP: session updated");
-                            let _ = r.media.commands.send(LegCommand::Update(params(&inner, &n)));
+                            let _ = r.media.commands.send(LegCommand::Update(params(&inner, &n, r.srtp_local.as_deref())));
                             r.negotiated = n;
                         }
                         Err(e) => {

@@ -198,9 +198,11 @@ async fn run_dial(
     let media = match early {
         Some((m, n)) => {
             if n != negotiated {
-                let _ = m
-                    .commands
-                    .send(media::pstn::LegCommand::Update(params(&inner, &negotiated)));
+                let _ = m.commands.send(media::pstn::LegCommand::Update(params(
+                    &inner,
+                    &negotiated,
+                    None,
+                )));
             }
             m
         }
@@ -233,6 +235,7 @@ async fn run_dial(
         version: 1,
         session: None,
         webrtc_answer: None,
+        srtp_local: None,
         _lease: Some(lease),
     })
     .await;
@@ -275,7 +278,7 @@ async fn join(
     media::pstn::start(
         port,
         media::pstn::LegIo::Udp(socket),
-        params(inner, n),
+        params(inner, n, None),
         inner.pstn.clone(),
     )
     .ok()

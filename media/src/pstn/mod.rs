@@ -53,6 +53,63 @@ pub struct LegParams {
     pub rtp_timeout: Duration,
     /// libopus complexity (0-10) for the uplink's Opus encoding.
     pub opus_complexity: i32,
+    /// SDES-SRTP (RTP/SAVP): both directions' keys; plain RTP when `None`.
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The master keys of an SDES-SRTP leg (AES-128 counter mode, HMAC-SHA1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    /// `AES_CM_128_HMAC_SHA1_32` (else `_80`).
+    pub tag_32: bool,
+    /// What we send with: 16 bytes of key, then 14 of salt (our `a=crypto`).
+    pub local: Vec<u8>,
+    /// What the peer sends with (its `a=crypto`).
+    pub remote: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("SrtpKeys")
+            .field("tag_32", &self.tag_32)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending and receiving SRTP contexts of a leg.
+struct Srtp {
+    tx: rtc::srtp::context::Context,
+    rx: rtc::srtp::context::Context,
+}
+
+impl Srtp {
+    fn new(k: &SrtpKeys) -> Result<Srtp, String> {
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        let profile = if k.tag_32 {
+            ProtectionProfile::Aes128CmHmacSha1_32
+        } else {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        };
+        let ctx = |m: &[u8]| {
+            if m.len() != 30 {
+                return Err(format!("an SRTP master key is 30 bytes, not {}", m.len()));
+            }
+            rtc::srtp::context::Context::new(
+                &m[..16],
+                &m[16..],
+                profile,
+                None,
+                None,
+                &rtc::crypto::providers::RingCrypto,
+            )
+            .map_err(|e| e.to_string())
+        };
+        Ok(Srtp {
+            tx: ctx(&k.local)?,
+            rx: ctx(&k.remote)?,
+        })
+    }
 }
 
 /// Orders for a running leg.
@@ -199,6 +256,7 @@ struct Engine {
     wire: WireCodec,
     /// The uplink's Opus encoder at the leg's rate (not used by Opus legs).
     up_enc: Option<opus::Encoder>,
+    srtp: Option<Srtp>,
     jitter: JitterBuffer<Bytes>,
     dtmf_rx: DtmfReceiver,
     up_next: Option<Instant>,
@@ -265,7 +323,9 @@ impl Engine {
             Some(e)
         };
         let now = Instant::now();
+        let srtp = p.srtp.as_ref().map(Srtp::new).transpose()?;
         Ok(Engine {
+            srtp,
             wire: WireCodec::new(p.codec)?,
             dest: p.remote,
             p,
@@ -319,6 +379,12 @@ impl Engine {
         if p.receive && !self.p.receive {
             self.last_rx = Instant::now();
         }
+        if p.srtp != self.p.srtp {
+            match p.srtp.as_ref().map(Srtp::new).transpose() {
+                Ok(s) => self.srtp = s,
+                Err(_) => add(&self.stats.decode_errors, 1),
+            }
+        }
         self.p = p;
     }
 
@@ -328,6 +394,21 @@ impl Engine {
             add(&self.stats.rtcp_in, 1);
             return;
         }
+        let plain;
+        let buf = match self.srtp.as_mut() {
+            Some(s) => match s.rx.decrypt_rtp(buf) {
+                Ok(b) => {
+                    plain = b;
+                    &plain[..]
+                }
+                // Forged, replayed or not ours: dropped and counted.
+                Err(_) => {
+                    add(&self.stats.rtp_invalid, 1);
+                    return;
+                }
+            },
+            None => buf,
+        };
         let Some(pkt) = rtp::parse(buf) else {
             add(&self.stats.rtp_invalid, 1);
             return;
@@ -583,6 +664,11 @@ impl Engine {
                 ))
             };
             self.down_ts = self.down_ts.wrapping_add(step);
+            let packet = match (packet, self.srtp.as_mut()) {
+                (Some(p), Some(s)) => s.tx.encrypt_rtp(&p).ok().map(|b| b.to_vec()),
+                (p, None) => p,
+                (None, _) => None,
+            };
             if let (Some(pkt), Some(dest), true) = (packet, self.dest, self.p.send) {
                 self.down_seq = self.down_seq.wrapping_add(1);
                 out.packets.push((pkt, dest));
@@ -719,6 +805,7 @@ mod tests {
             receive: true,
             rtp_timeout: Duration::from_secs(5),
             opus_complexity: 2,
+            srtp: None,
         }
     }
 
@@ -814,6 +901,55 @@ mod tests {
         assert!(te[0].marker && !te[1].marker);
         assert!(te.iter().all(|p| p.timestamp == te[0].timestamp));
         assert_eq!(te.iter().filter(|p| p.payload[1] & 0x80 != 0).count(), 3);
+    }
+
+    #[test]
+    fn srtp_legs_encrypt_what_they_send_and_drop_what_does_not_decrypt() {
+        let a = vec![7u8; 30];
+        let b = vec![9u8; 30];
+        let mut p = params(WireKind::Pcmu, 0);
+        p.srtp = Some(SrtpKeys {
+            tag_32: false,
+            local: a.clone(),
+            remote: b.clone(),
+        });
+        let mut e = Engine::new(p, Arc::new(PstnStats::default())).unwrap();
+        // The peer: sends with b, receives with a.
+        let mut peer = Srtp::new(&SrtpKeys {
+            tag_32: false,
+            local: b,
+            remote: a,
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        e.downlink(t0, &mut out);
+        let (pkt, _) = &out.packets[0];
+        assert!(
+            rtp::parse(pkt).is_some_and(|p| p.payload.len() == 170),
+            "160 + 10 tag bytes"
+        );
+        let clear = peer.rx.decrypt_rtp(pkt).unwrap();
+        assert_eq!(rtp::parse(&clear).unwrap().payload.len(), 160);
+        // The peer's packet decrypts; a plain one is refused.
+        let from: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let sent = peer
+            .tx
+            .encrypt_rtp(&rtp::build(0, true, 1, 0, 5, &[0xff; 160]))
+            .unwrap();
+        e.on_datagram(&sent, from, t0, &mut out);
+        assert_eq!(e.stats.rtp_in.load(Ordering::Relaxed), 1);
+        e.on_datagram(
+            &rtp::build(0, false, 2, 160, 5, &[0xff; 160]),
+            from,
+            t0,
+            &mut out,
+        );
+        assert_eq!(e.stats.rtp_invalid.load(Ordering::Relaxed), 1);
+        assert!(
+            format!("{:?}", e.p.srtp).contains("tag_32"),
+            "keys are not printed"
+        );
     }
 
     #[test]

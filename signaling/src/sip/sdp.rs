@@ -389,7 +389,13 @@ pub struct Negotiated {
     /// Our direction.
     pub direction: Direction,
     pub remote: Option<SocketAddr>,
+    /// SDES-SRTP (`RTP/SAVP`): the offer's key line we accepted (tag, suite, its key). Our own
+    /// key goes in the answer (see [`answer_srtp`]).
+    pub crypto: Option<Crypto>,
 }
+
+/// The SDES suites we take, in order of preference.
+pub const SRTP_SUITES: [&str; 2] = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"];
 
 /// Choose the codec (the first of `prefs` the offer has) and the rest of the answer. `ptime`
 /// is the default when the offer names none; an offered one (10..=60 ms, whole 10 ms) wins.
@@ -428,6 +434,20 @@ pub fn negotiate(offer: &Remote, prefs: &[Codec], ptime: u32) -> Result<Negotiat
         .ptime
         .filter(|p| (10..=60).contains(p) && p % 10 == 0)
         .unwrap_or(ptime);
+    let crypto = match offer.proto {
+        Proto::Savp => Some(
+            SRTP_SUITES
+                .iter()
+                .find_map(|s| offer.crypto.iter().find(|c| c.suite == *s).cloned())
+                .ok_or_else(|| {
+                    SdpError::UnsupportedProto(format!(
+                        "RTP/SAVP without an a=crypto suite we support ({})",
+                        SRTP_SUITES.join(", ")
+                    ))
+                })?,
+        ),
+        _ => None,
+    };
     Ok(Negotiated {
         codec,
         pt,
@@ -435,6 +455,7 @@ pub fn negotiate(offer: &Remote, prefs: &[Codec], ptime: u32) -> Result<Negotiat
         ptime,
         direction: offer.direction.answer(),
         remote: offer.rtp,
+        crypto,
     })
 }
 
@@ -501,9 +522,25 @@ fn header(out: &mut String, ip: IpAddr, session: u64, version: u64) {
 
 /// Our answer to an offer we negotiated (plain RTP).
 pub fn answer(n: &Negotiated, local: SocketAddr, session: u64, version: u64) -> String {
+    answer_srtp(n, local, session, version, None)
+}
+
+/// Our answer; with `our_key` (base64 of key and salt) an SDES-SRTP one: `RTP/SAVP` and our
+/// `a=crypto` line with the offer's tag and suite.
+pub fn answer_srtp(
+    n: &Negotiated,
+    local: SocketAddr,
+    session: u64,
+    version: u64,
+    our_key: Option<&str>,
+) -> String {
     let mut out = String::with_capacity(300);
     header(&mut out, local.ip(), session, version);
-    let _ = write!(out, "m=audio {} RTP/AVP {}", local.port(), n.pt);
+    let proto = match (&n.crypto, our_key) {
+        (Some(_), Some(_)) => "RTP/SAVP",
+        _ => "RTP/AVP",
+    };
+    let _ = write!(out, "m=audio {} {proto} {}", local.port(), n.pt);
     if let Some(d) = n.dtmf_pt {
         let _ = write!(out, " {d}");
     }
@@ -517,6 +554,9 @@ pub fn answer(n: &Negotiated, local: SocketAddr, session: u64, version: u64) -> 
         );
     }
     let _ = write!(out, "a=ptime:{}\r\na={}\r\n", n.ptime, n.direction.as_str());
+    if let (Some(c), Some(k)) = (&n.crypto, our_key) {
+        let _ = write!(out, "a=crypto:{} {} inline:{k}\r\n", c.tag, c.suite);
+    }
     out
 }
 
@@ -793,6 +833,40 @@ mod tests {
                 suite: "AES_CM_128_HMAC_SHA1_32".into(),
                 key: "KEY".into()
             }]
+        );
+    }
+
+    #[test]
+    fn sdes_offers_are_answered_with_our_key_in_the_offers_suite() {
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:XX\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:YY|2^31\r\n";
+        let n = negotiate(&parse(sdp).unwrap(), &Codec::ALL, 20).unwrap();
+        assert_eq!(
+            n.crypto,
+            Some(Crypto {
+                tag: 2,
+                suite: "AES_CM_128_HMAC_SHA1_32".into(),
+                key: "YY".into()
+            })
+        );
+        let a = answer_srtp(&n, "127.0.0.1:4000".parse().unwrap(), 1, 1, Some("OURKEY"));
+        assert!(a.contains("m=audio 4000 RTP/SAVP 0\r\n"), "{a}");
+        assert!(
+            a.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:OURKEY\r\n"),
+            "{a}"
+        );
+        // Only suites we do not know: refused.
+        let bad = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:XX\r\n";
+        assert!(matches!(
+            negotiate(&parse(bad).unwrap(), &Codec::ALL, 20),
+            Err(SdpError::UnsupportedProto(_))
+        ));
+        // RTP/AVP with a=crypto (optional SRTP): plain RTP.
+        let opt = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:XX\r\n";
+        assert_eq!(
+            negotiate(&parse(opt).unwrap(), &Codec::ALL, 20)
+                .unwrap()
+                .crypto,
+            None
         );
     }
 
