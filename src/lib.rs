@@ -24,6 +24,8 @@
 //! - `sip/`: the SIP bridge (rsipstack): the endpoint and intake (`mod.rs`), inbound INVITEs
 //!   (`inbound.rs`), outbound dialing (`outbound.rs`), an answered leg's dialog and media
 //!   (`leg.rs`). Its pure rules are `signaling::sip`; its media `media::pstn`.
+//! - `sms/`: SMS (pure parts so far): compliance keywords (`keywords.rs`), GSM 03.38 / UCS-2
+//!   (`encoding.rs`) and segmentation with UDH (`segment.rs`).
 //! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials and the ICE-server list,
 //!   constant-time secrets.
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.
@@ -41,4 +43,5 @@ pub mod recording;
 pub mod redact;
 pub mod server;
 pub mod sip;
+pub mod sms;
 pub mod store;

@@ -1,0 +1,11 @@
+//! SMS: the platform's texting side (issue 12). This first part holds the pure rules, free of
+//! IO, that the gateway (SMPP and HTTP carriers) and the webhooks will use:
+//!
+//! - `keywords.rs`: STOP / START / HELP and their variants in an inbound message.
+//! - `encoding.rs`: GSM 03.38 (default alphabet and extension table) or UCS-2 for a text.
+//! - `segment.rs`: parts of 160/153 septets or 70/67 UCS-2 units with the concatenation UDH,
+//!   never splitting an escape sequence or a surrogate pair.
+
+pub mod encoding;
+pub mod keywords;
+pub mod segment;
