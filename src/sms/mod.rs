@@ -3,9 +3,11 @@
 //!
 //! - `keywords.rs`: STOP / START / HELP and their variants in an inbound message.
 //! - `encoding.rs`: GSM 03.38 (default alphabet and extension table) or UCS-2 for a text.
+//! - `receipt.rs`: SMPP receipt texts and `message_state`, and the forward-only status rule.
 //! - `segment.rs`: parts of 160/153 septets or 70/67 UCS-2 units with the concatenation UDH,
 //!   never splitting an escape sequence or a surrogate pair.
 
 pub mod encoding;
 pub mod keywords;
+pub mod receipt;
 pub mod segment;
