@@ -6,8 +6,10 @@
 //! - `receipt.rs`: SMPP receipt texts and `message_state`, and the forward-only status rule.
 //! - `segment.rs`: parts of 160/153 septets or 70/67 UCS-2 units with the concatenation UDH,
 //!   never splitting an escape sequence or a surrogate pair.
+//! - `signature.rs`: carrier webhook signatures: Twilio's HMAC-SHA1, Telnyx's Ed25519.
 
 pub mod encoding;
 pub mod keywords;
 pub mod receipt;
 pub mod segment;
+pub mod signature;
