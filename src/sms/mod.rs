@@ -3,6 +3,7 @@
 //!
 //! - `keywords.rs`: STOP / START / HELP and their variants in an inbound message.
 //! - `encoding.rs`: GSM 03.38 (default alphabet and extension table) or UCS-2 for a text.
+//! - `reassemble.rs`: inbound parts (8- and 16-bit concatenation UDH) joined back in order.
 //! - `receipt.rs`: SMPP receipt texts and `message_state`, and the forward-only status rule.
 //! - `segment.rs`: parts of 160/153 septets or 70/67 UCS-2 units with the concatenation UDH,
 //!   never splitting an escape sequence or a surrogate pair.
@@ -10,6 +11,7 @@
 
 pub mod encoding;
 pub mod keywords;
+pub mod reassemble;
 pub mod receipt;
 pub mod segment;
 pub mod signature;
