@@ -863,3 +863,46 @@ async fn outbound_calls_answer_the_trunks_digest_challenge() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_joins_its_open_call_and_legs_are_capped() {
+    let srv = common::server(|c| c.sip.max_legs = 1).await;
+    // call-create with the customer's number: an INVITE to that number joins this call.
+    let call = new_call(&srv, "pstn", "outbound", Some("+15551239876")).await;
+    let dir = tmpdir("sipp-number");
+    let first = tokio::spawn({
+        let (d, a) = (dir.clone(), uac(&srv, "uac_hold.xml", "+15551239876", &[]));
+        async move { sipp(&d, &a).await }
+    });
+    let store = srv.state.store.store.clone();
+    let ok = eventually(Duration::from_secs(5), || {
+        futures_block(store.participants(&call))
+            .map(|p| p.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(ok, "the leg joined the call with that number");
+    // The one leg allowed is up: another INVITE gets 503.
+    let template = std::fs::read_to_string(scenario("uac_refused.xml")).expect("scenario");
+    let file = dir.join("refused_503.xml");
+    std::fs::write(&file, template.replace("EXPECT", "503")).expect("write");
+    let mut args = uac(
+        &srv,
+        "uac_refused.xml",
+        "+15551239876",
+        &["-key", "pt", "0", "-key", "se", "1800"],
+    );
+    args[2] = file.display().to_string();
+    let (code, log) = sipp(&dir, &args).await;
+    assert_eq!(code, 0, "503 at sip.max_legs: {log}");
+    let (code, log) = first.await.expect("join");
+    assert_eq!(code, 0, "the first call: {log}");
+    let st = srv.state.sip.as_ref().expect("sip").stats();
+    assert_eq!(
+        st.refused_capacity
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}
