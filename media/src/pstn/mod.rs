@@ -716,6 +716,20 @@ impl Engine {
         true
     }
 
+    /// When something is next due (a downlink packet, an uplink frame, a prompt frame, the RTP
+    /// timeout): the leg's task sleeps until then instead of ticking.
+    fn next_due(&self, now: Instant) -> Instant {
+        let mut next = self.down_next.unwrap_or(now);
+        for t in [self.up_next, self.prompt_next].into_iter().flatten() {
+            next = next.min(t);
+        }
+        if self.p.receive {
+            next = next.min(self.last_rx + self.p.rtp_timeout + Duration::from_millis(1));
+        }
+        // Never sleep past a second (a held leg that neither sends nor receives).
+        next.min(now + Duration::from_secs(1))
+    }
+
     fn timed_out(&self, now: Instant) -> bool {
         self.p.receive && now.duration_since(self.last_rx) > self.p.rtp_timeout
     }
@@ -730,8 +744,10 @@ async fn run(
     signals: mpsc::UnboundedSender<LegSignal>,
     stats: Arc<PstnStats>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken when the engine says something is due (about every 20 ms for the downlink and at
+    // the sender's packet time for the uplink), not on a fixed tick.
+    let due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(due);
     let mut buf = vec![0u8; 2_048];
     let mut out = Out::default();
     let reason = loop {
@@ -745,7 +761,7 @@ async fn run(
                 Some(SinkMsg::Packet(p)) => engine.on_room_packet(&p, Instant::now()),
                 None => break LeaveReason::Disconnected,
             },
-            _ = tick.tick() => {
+            _ = &mut due => {
                 let now = Instant::now();
                 engine.feed_prompt(now);
                 engine.uplink(now, &mut out);
@@ -782,6 +798,9 @@ async fn run(
         for s in out.signals.drain(..) {
             let _ = signals.send(s);
         }
+        let now = Instant::now();
+        due.as_mut()
+            .reset(tokio::time::Instant::from_std(engine.next_due(now)));
     };
     stats.legs.fetch_sub(1, Ordering::Relaxed);
     io.close().await;
