@@ -10,7 +10,8 @@
 //!   room's routing, which never sends a leg its own packets), encoded in the leg's codec and
 //!   sent, silence included, so the PBX's RTP timeout never fires.
 //!
-//! One tokio task per leg runs both directions on a 10 ms tick. Nothing here knows SIP: the
+//! One tokio task per leg runs both directions, woken when a packet arrives or when the engine
+//! says the next frame is due. Nothing here knows SIP: the
 //! caller negotiates and passes [`LegParams`], and hears back [`LegSignal`]s.
 
 pub mod rtp;
