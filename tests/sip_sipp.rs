@@ -127,6 +127,25 @@ async fn a_sipp_caller_is_recorded_on_its_channel_and_pressing_1_logs_consent() 
         c.is_none_or(|(_, ended)| ended),
         "the call ended with its only party"
     );
+    // /metrics counts what happened.
+    let (status, _, body) = common::curl(&[&format!("{}/metrics", srv.http_url())]);
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(value("commhub_sip_invites_total"), 1.0, "{text}");
+    assert_eq!(value("commhub_sip_answered_total"), 1.0);
+    assert_eq!(value("commhub_pstn_dtmf_in_total"), 1.0);
+    assert!(
+        value("commhub_pstn_rtp_in_total") > 200.0,
+        "7 s of 30 ms packets"
+    );
+    assert_eq!(value("commhub_pstn_legs"), 0.0, "the leg has ended");
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");

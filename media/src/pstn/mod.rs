@@ -257,6 +257,9 @@ struct Engine {
     wire: WireCodec,
     /// The uplink's Opus encoder at the leg's rate (not used by Opus legs).
     up_enc: Option<opus::Encoder>,
+    /// An Opus leg's uplink is forwarded as it is; this narrowband decoder only measures its
+    /// level for the room's meters and active speaker.
+    level_dec: Option<opus::Decoder>,
     srtp: Option<Srtp>,
     jitter: JitterBuffer<Bytes>,
     dtmf_rx: DtmfReceiver,
@@ -325,7 +328,11 @@ impl Engine {
         };
         let now = Instant::now();
         let srtp = p.srtp.as_ref().map(Srtp::new).transpose()?;
+        let level_dec = (p.codec == WireKind::Opus)
+            .then(|| opus::Decoder::new(8_000, opus::Channels::Mono).ok())
+            .flatten();
         Ok(Engine {
+            level_dec,
             srtp,
             wire: WireCodec::new(p.codec)?,
             dest: p.remote,
@@ -372,6 +379,9 @@ impl Engine {
             && let Ok(w) = WireCodec::new(p.codec)
         {
             self.wire = w;
+            self.level_dec = (p.codec == WireKind::Opus)
+                .then(|| opus::Decoder::new(8_000, opus::Channels::Mono).ok())
+                .flatten();
         }
         if p.remote != self.p.remote {
             self.dest = p.remote;
@@ -487,7 +497,13 @@ impl Engine {
                 Playout::Frame(payload) => {
                     let n = self.frame_samples(&payload);
                     if self.p.codec == WireKind::Opus {
-                        out.publish.push((payload, self.up_ts, None));
+                        let level = self.level_dec.as_mut().and_then(|d| {
+                            self.scratch.resize(960, 0);
+                            d.decode(&payload, &mut self.scratch, false)
+                                .ok()
+                                .map(|k| level_of(&self.scratch[..k]))
+                        });
+                        out.publish.push((payload, self.up_ts, level));
                         self.up_ts = self.up_ts.wrapping_add(n as u32);
                     } else {
                         match self.wire.decode(&payload, &mut self.up_pcm) {
@@ -853,6 +869,37 @@ mod tests {
         assert!((12..=15).contains(&n), "{n}");
         let ts: Vec<u32> = out.publish.iter().map(|p| p.1).collect();
         assert!(ts.windows(2).all(|w| w[1].wrapping_sub(w[0]) == 960));
+    }
+
+    #[test]
+    fn an_opus_legs_uplink_is_forwarded_with_its_level() {
+        let mut e = engine(WireKind::Opus, 111);
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let loud: Vec<i16> = (0..960)
+            .map(|i| ((i as f64 * 0.2).sin() * 16_000.0) as i16)
+            .collect();
+        let from: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut out = Out::default();
+        let mut sent = Vec::new();
+        for i in 0..6u16 {
+            let payload = enc.encode_vec(&loud, 1_500).unwrap();
+            sent.push(payload.clone());
+            e.on_datagram(
+                &rtp::build(111, i == 0, i, 960 * i as u32, 3, &payload),
+                from,
+                t0,
+                &mut out,
+            );
+        }
+        e.uplink(t0 + Duration::from_millis(120), &mut out);
+        assert!(out.publish.len() >= 4, "{}", out.publish.len());
+        // The payloads are the leg's own (not re-encoded), and carry a level (loud: near 0).
+        assert_eq!(&out.publish[0].0[..], &sent[0][..]);
+        let levels: Vec<u8> = out.publish.iter().filter_map(|p| p.2).collect();
+        assert_eq!(levels.len(), out.publish.len());
+        assert!(levels.iter().skip(1).all(|&l| l < 20), "{levels:?}");
     }
 
     #[test]
