@@ -316,6 +316,40 @@ async fn refusals_are_precise_and_junk_is_survived() {
     };
     assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
     assert!(reply.contains("INVITE"), "Allow lists INVITE: {reply}");
+    // Over TCP: a 1 MB header and garbage, on connections that are then dropped.
+    for junk in [
+        format!(
+            "INVITE sip:x@127.0.0.1 SIP/2.0\r\nX-Big: {}\r\n",
+            "a".repeat(1 << 20)
+        )
+        .into_bytes(),
+        vec![0u8; 70_000],
+        b"SIP/2.0 200 OK\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+    ] {
+        use tokio::io::AsyncWriteExt;
+        if let Ok(mut t) = tokio::net::TcpStream::connect(addr).await {
+            let _ = t.write_all(&junk).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // OPTIONS over a fresh TCP connection is still answered.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut t = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let local = t.local_addr().expect("addr");
+        let msg = format!(
+            "OPTIONS sip:commhub@{addr};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKt{n}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:commhub@{addr}>\r\nCall-ID: tcp{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            n = rand::random::<u32>()
+        );
+        t.write_all(msg.as_bytes()).await.expect("write");
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), t.read(&mut got))
+            .await
+            .expect("an answer over TCP")
+            .expect("read");
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("SIP/2.0 200"), "{text}");
+    }
     let (code, log) = sipp(&dir, &uac(&srv, "uac_hold.xml", &call.to_string(), &[])).await;
     assert_eq!(code, 0, "a call after the junk: {log}");
     let _ = std::fs::remove_dir_all(&dir);
