@@ -959,3 +959,58 @@ async fn a_number_joins_its_open_call_and_legs_are_capped() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_end_while_an_inbound_call_rings_refuses_it() {
+    let srv = common::server(|c| {
+        c.sip.inbound_numbers = vec!["+15557770002".into()];
+        c.sip.ring_timeout_secs = 30;
+    })
+    .await;
+    let dir = tmpdir("sipp-ring-end");
+    let template = std::fs::read_to_string(scenario("uac_refused.xml")).expect("scenario");
+    let file = dir.join("refused_480.xml");
+    std::fs::write(&file, template.replace("EXPECT", "480")).expect("write");
+    let mut args = uac(
+        &srv,
+        "uac_refused.xml",
+        "+15557770002",
+        &["-key", "pt", "0", "-key", "se", "1800"],
+    );
+    args[2] = file.display().to_string();
+    let t0 = std::time::Instant::now();
+    let caller = tokio::spawn({
+        let d = dir.clone();
+        async move { sipp(&d, &args).await }
+    });
+    let filter = commhub::store::CallFilter {
+        number: Some("+15557770002".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let store = srv.state.store.store.clone();
+    let mut calls = Vec::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        calls = futures_block(store.list_calls(&filter))
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        calls.len() == 1
+    })
+    .await;
+    assert!(ok, "the ringing call exists");
+    let (status, body) = common::api_post(
+        &format!("{}/functions/v1/call-end", srv.http_url()),
+        &serde_json::json!({"call_id": calls[0].id, "reason": "agent_declined"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, log) = caller.await.expect("join");
+    assert_eq!(code, 0, "480 after call-end: {log}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "not the 30 s ring timeout"
+    );
+    let c = store.call(&calls[0].id).await.expect("row").expect("call");
+    assert_eq!(c.end_reason.as_deref(), Some("agent_declined"));
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await.expect("stop");
+}

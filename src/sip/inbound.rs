@@ -348,6 +348,11 @@ pub(super) async fn handle(inner: Arc<Inner>, mut tx: Transaction) {
                     .await;
                 return;
             }
+            Ring::Ended => {
+                // call-end while it rang: the call has its own end already.
+                reject(StatusCode::TemporarilyUnavailable, "the call was ended");
+                return;
+            }
         }
     }
     let display = caller
@@ -389,6 +394,8 @@ enum Ring {
     Joined,
     Cancelled,
     TimedOut,
+    /// call-end (or shutdown) while it rang.
+    Ended,
 }
 
 /// A new inbound call rings (180) until someone is in its room (an agent pressed Join), the
@@ -399,20 +406,30 @@ async fn ring_until_joined(
     state_rx: &mut rsipstack::dialog::dialog::DialogStateReceiver,
 ) -> Ring {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(inner.cfg.ring_timeout_secs);
-    loop {
+    // Reachable by call-end (`Sip::hangup_room`) while it rings.
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::unbounded_channel();
+    let entry = inner.register(room.as_str(), ctl_tx);
+    let ring = loop {
         tokio::select! {
             st = state_rx.recv() => match st {
-                Some(DialogState::Terminated(..)) | None => return Ring::Cancelled,
+                Some(DialogState::Terminated(..)) | None => break Ring::Cancelled,
                 Some(_) => {}
+            },
+            c = ctl_rx.recv() => {
+                if matches!(c, Some(super::LegCtl::Hangup) | None) {
+                    break Ring::Ended;
+                }
             },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 if inner.sfu.participants(room.as_str()).is_some_and(|p| !p.is_empty()) {
-                    return Ring::Joined;
+                    break Ring::Joined;
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => return Ring::TimedOut,
+            _ = tokio::time::sleep_until(deadline) => break Ring::TimedOut,
         }
-    }
+    };
+    inner.unregister(room.as_str(), entry);
+    ring
 }
 
 /// Joining bookkeeping shared with outbound legs.
