@@ -1014,3 +1014,31 @@ async fn call_end_while_an_inbound_call_rings_refuses_it() {
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hangs_up_phone_legs_with_bye() {
+    let srv = common::server(|_| {}).await;
+    let call = new_call(&srv, "webrtc", "internal", None).await;
+    let dir = tmpdir("sipp-shutdown");
+    // uac_vanish sends no RTP and waits for our BYE (the RTP timeout is 30 s here).
+    let args = uac(&srv, "uac_vanish.xml", &call.to_string(), &[]);
+    let caller = tokio::spawn({
+        let d = dir.clone();
+        async move { sipp(&d, &args).await }
+    });
+    let sip = srv.state.sip.clone().expect("sip");
+    let ok = eventually(Duration::from_secs(5), || {
+        sip.pstn_stats()
+            .legs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert!(ok, "the leg is up");
+    let t0 = std::time::Instant::now();
+    srv.stop().await.expect("stop");
+    let (code, log) = caller.await.expect("join");
+    assert_eq!(code, 0, "the caller got our BYE at shutdown: {log}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
