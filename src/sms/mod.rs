@@ -1,6 +1,8 @@
 //! SMS: the platform's texting side (issue 12). This first part holds the pure rules, free of
 //! IO, that the gateway (SMPP and HTTP carriers) and the webhooks will use:
 //!
+//! - `carrier.rs`: carrier webhook bodies (generic JSON, Twilio forms, Telnyx events) parsed
+//!   into inbound messages and delivery reports.
 //! - `keywords.rs`: STOP / START / HELP and their variants in an inbound message.
 //! - `encoding.rs`: GSM 03.38 (default alphabet and extension table) or UCS-2 for a text.
 //! - `reassemble.rs`: inbound parts (8- and 16-bit concatenation UDH) joined back in order.
@@ -9,6 +11,7 @@
 //!   never splitting an escape sequence or a surrogate pair.
 //! - `signature.rs`: carrier webhook signatures: Twilio's HMAC-SHA1, Telnyx's Ed25519.
 
+pub mod carrier;
 pub mod encoding;
 pub mod keywords;
 pub mod reassemble;
