@@ -14,8 +14,10 @@ use crate::config::{Config, LogFormat};
 /// subscribe at /whep/{room}/{participant}, a demo page at /, and /healthz, /readyz, /metrics.
 /// It records calls (FLAC + MP3, consent beeps) and serves the call API (/functions/v1/call-create,
 /// call-end, recording-upload; /api/v1; /openapi.json), storing calls in PostgreSQL
-/// (database.url / DATABASE_URL) or in an embedded SQLite file. Joins need a token from the API;
-/// --dev-mode lets the demo page get its own.
+/// (database.url / DATABASE_URL) or in an embedded SQLite file. Phone calls come in and go out
+/// over SIP (sip.listen, default 127.0.0.1:5060; outbound through SIP_TRUNK_URI): FreeSWITCH and
+/// carrier trunks bridge PSTN callers into calls. Joins need a token from the API; --dev-mode
+/// lets the demo page get its own.
 ///
 /// Configuration comes from built-in defaults, then config/commhub.toml (or --config), then
 /// COMMHUB_<SECTION>__<KEY> environment variables, then the flags below. Every option is
