@@ -132,7 +132,7 @@ run() {
         while IFS='=' read -r k _; do env+=(-u "$k"); done < <(env | grep '^COMMHUB_' || true)
         [ -n "$RECORDING" ] && env+=(COMMHUB_RECORDING__ENABLED="$RECORDING")
         # The load generator joins without tokens; the database goes to the run's directory.
-        env+=(COMMHUB_AUTH__ENABLED=false COMMHUB_DATABASE__SQLITE_PATH="$OUT/$name.db"
+        env+=(COMMHUB_AUTH__ENABLED=false COMMHUB_SIP__LISTEN=127.0.0.1:0 COMMHUB_DATABASE__SQLITE_PATH="$OUT/$name.db"
               COMMHUB_DATABASE__OUTBOX_PATH="$OUT/$name.outbox.jsonl")
         "${env[@]}" taskset -c "$SERVER_CPUS" "$SERVER_BIN" --config /dev/null --listen 127.0.0.1:18080 --media-ports 40000-44999 \
             --log-level warn >"$OUT/$name.server.log" 2>&1 &

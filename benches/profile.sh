@@ -41,7 +41,7 @@ if [ "$target" = commhub ]; then
         env_args+=(COMMHUB_RECORDING__ENABLED=false)
     fi
     # The load generator joins without tokens; the database goes to the run's directory.
-    env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_DATABASE__SQLITE_PATH="$OUT/commhub.db"
+    env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_SIP__LISTEN=127.0.0.1:0 COMMHUB_DATABASE__SQLITE_PATH="$OUT/commhub.db"
                COMMHUB_DATABASE__OUTBOX_PATH="$OUT/outbox.jsonl")
     "${env_args[@]}" taskset -c "$SERVER_CPUS" "$SERVER_BIN" --config /dev/null \
         --listen 127.0.0.1:18080 --media-ports 40000-44999 --log-level warn >"$OUT/server.log" 2>&1 &

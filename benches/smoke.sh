@@ -21,7 +21,7 @@ if "$bin" --config /dev/null config 2>/dev/null | grep -q '^\[recording\]'; then
 fi
 # The load generator joins without tokens; the database goes to a temporary directory.
 dbdir=$(mktemp -d -t commhub-smoke-db.XXXXXX)
-env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_DATABASE__SQLITE_PATH="$dbdir/commhub.db"
+env_args+=(COMMHUB_AUTH__ENABLED=false COMMHUB_SIP__LISTEN=127.0.0.1:0 COMMHUB_DATABASE__SQLITE_PATH="$dbdir/commhub.db"
            COMMHUB_DATABASE__OUTBOX_PATH="$dbdir/outbox.jsonl")
 # A media port range of its own, away from other runs on the machine.
 lo=$((20000 + (RANDOM % 300) * 100))

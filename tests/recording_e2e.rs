@@ -336,6 +336,8 @@ fn spawn_server(root: &Path, port: u16) -> std::process::Child {
         .env("COMMHUB_DATABASE__SQLITE_PATH", root.join("commhub.db"))
         .env("COMMHUB_DATABASE__OUTBOX_PATH", root.join("outbox.jsonl"))
         .env("COMMHUB_LOG__LEVEL", "info")
+        // Its own SIP port: never the default 5060 another server may hold.
+        .env("COMMHUB_SIP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
