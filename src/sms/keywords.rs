@@ -54,9 +54,55 @@ pub fn classify(text: &str) -> Option<Keyword> {
     }
 }
 
+/// Who the confirmations speak for (config: brand name and a contact, e.g. a web address or
+/// phone number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brand {
+    pub name: String,
+    pub contact: String,
+}
+
+/// The one confirmation a keyword gets.
+pub fn reply(k: Keyword, b: &Brand) -> String {
+    match k {
+        Keyword::Stop => format!(
+            "{}: You are unsubscribed and will get no more messages. Reply START to resubscribe.",
+            b.name
+        ),
+        Keyword::Start => format!(
+            "{}: You are subscribed again. Msg & data rates may apply. Reply HELP for help, STOP to opt out.",
+            b.name
+        ),
+        Keyword::Help => format!(
+            "{}: Help at {}. Msg & data rates may apply. Reply STOP to opt out.",
+            b.name, b.contact
+        ),
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_say_what_carriers_require_and_fit_one_part() {
+        let b = Brand {
+            name: "Acme Support".into(),
+            contact: "acme.example/help or +1 555 010 0000".into(),
+        };
+        let help = reply(Keyword::Help, &b);
+        assert!(
+            help.contains("Reply STOP to opt out") && help.contains("Msg & data rates may apply")
+        );
+        assert!(help.contains(&b.contact));
+        assert!(reply(Keyword::Stop, &b).contains("START"));
+        for k in [Keyword::Stop, Keyword::Start, Keyword::Help] {
+            let s = crate::sms::segment::segment(&reply(k, &b)).unwrap();
+            assert_eq!(s.encoding, crate::sms::encoding::Encoding::Gsm7, "{k:?}");
+            assert_eq!(s.parts.len(), 1, "{k:?}: one part");
+        }
+    }
 
     #[test]
     fn keywords_in_any_case_with_spaces_and_punctuation() {
