@@ -534,37 +534,7 @@ impl Sfu {
         let ssrc = rand::random::<u32>();
         let track = Arc::new(local_track(&producer_id, ssrc));
         let timeout = self.inner.cfg.negotiation_timeout;
-        let negotiated = async {
-            let sender = peer
-                .pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(PeerError::from)?;
-            let desc =
-                RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-            peer.pc
-                .set_remote_description(desc)
-                .await
-                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-            let answer = peer.pc.create_answer(None).await.map_err(PeerError::from)?;
-            peer.pc
-                .set_local_description(answer)
-                .await
-                .map_err(PeerError::from)?;
-            let pt = negotiated_pt(&sender).await;
-            Ok::<_, SfuError>((sender, pt))
-        };
-        let (_sender, pt) = match tokio::time::timeout(timeout, negotiated).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                peer.close().await;
-                return Err(e);
-            }
-            Err(_) => {
-                peer.close().await;
-                return Err(PeerError::Timeout("WHEP negotiation").into());
-            }
-        };
+        let pt = answer_with_track(&peer, &track, offer, timeout, "WHEP negotiation").await?;
         let answer = match complete_local_sdp(&peer, prx, timeout).await {
             Ok((sdp, rest)) => {
                 let connected = Arc::new(AtomicBool::new(false));
@@ -753,6 +723,48 @@ async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> u8 {
             .map(|c| c.payload_type)
             .unwrap_or(OPUS_PT),
         Err(_) => OPUS_PT,
+    }
+}
+
+/// Answer `offer` on `peer` with `track` as what it sends (WHEP, and a SIP leg's WebRTC
+/// media), bounded by `timeout`; returns the Opus payload type the answer chose. On failure the
+/// peer is closed.
+async fn answer_with_track(
+    peer: &Peer,
+    track: &Arc<TrackLocalStaticRTP>,
+    offer: String,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<u8, SfuError> {
+    let negotiated = async {
+        let sender = peer
+            .pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(PeerError::from)?;
+        let desc =
+            RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        peer.pc
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = peer.pc.create_answer(None).await.map_err(PeerError::from)?;
+        peer.pc
+            .set_local_description(answer)
+            .await
+            .map_err(PeerError::from)?;
+        Ok::<_, SfuError>(negotiated_pt(&sender).await)
+    };
+    match tokio::time::timeout(timeout, negotiated).await {
+        Ok(Ok(pt)) => Ok(pt),
+        Ok(Err(e)) => {
+            peer.close().await;
+            Err(e)
+        }
+        Err(_) => {
+            peer.close().await;
+            Err(PeerError::Timeout(what).into())
+        }
     }
 }
 

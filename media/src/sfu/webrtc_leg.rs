@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemoteEvent;
-use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
+use webrtc::peer_connection::RTCPeerConnectionState;
 
-use super::{Sfu, SfuError, complete_local_sdp, local_track, negotiated_pt};
-use crate::peer::{Peer, PeerError, PeerEvent};
+use super::{Sfu, SfuError, answer_with_track, complete_local_sdp, local_track};
+use crate::peer::{Peer, PeerEvent};
 
 /// Packets queued from the remote track before drops (one second at 20 ms).
 const INCOMING_QUEUE: usize = 50;
@@ -75,36 +75,7 @@ impl Sfu {
         let id: crate::room::ParticipantId = Arc::from("pstn");
         let track = Arc::new(local_track(&id, ssrc));
         let timeout = self.inner.cfg.negotiation_timeout;
-        let negotiated = async {
-            let sender = peer
-                .pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(PeerError::from)?;
-            let desc =
-                RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-            peer.pc
-                .set_remote_description(desc)
-                .await
-                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-            let answer = peer.pc.create_answer(None).await.map_err(PeerError::from)?;
-            peer.pc
-                .set_local_description(answer)
-                .await
-                .map_err(PeerError::from)?;
-            Ok::<_, SfuError>(negotiated_pt(&sender).await)
-        };
-        let pt = match tokio::time::timeout(timeout, negotiated).await {
-            Ok(Ok(pt)) => pt,
-            Ok(Err(e)) => {
-                peer.close().await;
-                return Err(e);
-            }
-            Err(_) => {
-                peer.close().await;
-                return Err(PeerError::Timeout("SIP WebRTC negotiation").into());
-            }
-        };
+        let pt = answer_with_track(&peer, &track, offer, timeout, "SIP WebRTC negotiation").await?;
         let (sdp, mut events) = match complete_local_sdp(&peer, prx, timeout).await {
             Ok(v) => v,
             Err(e) => {
