@@ -12,7 +12,7 @@ use std::time::Duration;
 use commhub::calls::NewCall;
 use commhub::server::ServerHandle;
 use common::eventually;
-use common::sipp::{free_udp_port, scenario, sipp, sipp_dir, tmpdir, trunk_args};
+use common::sipp::{free_udp_port, scenario, sipp, sipp_dir, spawn_sipp, tmpdir, trunk_args};
 use uuid::Uuid;
 
 async fn new_call(srv: &ServerHandle, kind: &str, direction: &str, to: Option<&str>) -> Uuid {
@@ -365,11 +365,7 @@ async fn outbound_calls_dial_the_trunk_answer_with_media_and_end_with_bye() {
     .await;
     let dir = tmpdir("sipp-uas");
     let args = trunk_args(trunk_port, &["-sn", "uas", "-rtp_echo"]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let (status, body) = common::api_post(
         &format!("{}/functions/v1/call-create", srv.http_url()),
         &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654321"}),
@@ -428,11 +424,7 @@ async fn a_busy_trunk_ends_the_call_as_busy() {
     .await;
     let dir = tmpdir("sipp-busy");
     let args = trunk_args(trunk_port, &["-sf", &scenario("uas_busy.xml")]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let (status, body) = common::api_post(
         &format!("{}/functions/v1/call-create", srv.http_url()),
         &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654322"}),
@@ -467,11 +459,7 @@ async fn keys_go_as_sip_info_when_the_trunk_has_no_telephone_event() {
     .await;
     let dir = tmpdir("sipp-info");
     let args = trunk_args(trunk_port, &["-sf", &scenario("uas_info.xml")]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let base = srv.http_url();
     let (status, body) = common::api_post(
         &format!("{base}/functions/v1/call-create"),
@@ -654,11 +642,7 @@ async fn early_media_reaches_the_room_before_the_answer_and_no_answer_is_cancell
     // 183 with SDP and 3 s of speech, then 200.
     let dir = sipp_dir();
     let args = trunk_args(trunk_port, &["-sf", &scenario("uas_early.xml")]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let base = srv.http_url();
     let (status, body) = common::api_post(
         &format!("{base}/functions/v1/call-create"),
@@ -686,11 +670,7 @@ async fn early_media_reaches_the_room_before_the_answer_and_no_answer_is_cancell
 
     // Nobody answers: after ring_timeout_secs commhub cancels; the call ends no_answer.
     let args = trunk_args(trunk_port, &["-sf", &scenario("uas_noanswer.xml")]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let (status, body) = common::api_post(
         &format!("{base}/functions/v1/call-create"),
         &serde_json::json!({"kind": "pstn", "direction": "outbound", "to": "+15557654325"}),
@@ -885,11 +865,7 @@ async fn outbound_calls_answer_the_trunks_digest_challenge() {
     .await;
     let dir = tmpdir("sipp-uas-auth");
     let args = trunk_args(trunk_port, &["-sf", &scenario("uas_auth.xml")]);
-    let trunk = tokio::spawn({
-        let dir = dir.clone();
-        async move { sipp(&dir, &args).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trunk = spawn_sipp(&dir, args).await;
     let base = srv.http_url();
     let (status, body) = common::api_post(
         &format!("{base}/functions/v1/call-create"),

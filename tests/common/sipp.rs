@@ -98,3 +98,12 @@ pub fn trunk_args(port: u16, scenario_args: &[&str]) -> Vec<String> {
     );
     a
 }
+
+/// Start sipp in `dir` in the background (a UAS acting as the trunk) and give it half a second
+/// to bind before the test dials it.
+pub async fn spawn_sipp(dir: &Path, args: Vec<String>) -> tokio::task::JoinHandle<(i32, String)> {
+    let dir = dir.to_path_buf();
+    let h = tokio::spawn(async move { sipp(&dir, &args).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    h
+}
