@@ -99,7 +99,14 @@ async fn a_sipp_caller_is_recorded_on_its_channel_and_pressing_1_logs_consent() 
         ("pstn", "pstn")
     );
     assert_eq!(d1[0].participant_id, Some(parts[0].id));
-    assert!(parts[0].left_at.is_some(), "the leg left at sipp's BYE");
+    // The leave is written through the store queue: wait for it, not just for the consent.
+    let left = eventually(Duration::from_secs(10), || {
+        futures_block(store.participants(&call))
+            .map(|p| p.first().is_some_and(|x| x.left_at.is_some()))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(left, "the leg left at sipp's BYE");
 
     let mut recs = Vec::new();
     let ok = eventually(Duration::from_secs(30), || {
