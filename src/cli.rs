@@ -342,6 +342,8 @@ fn redacted(mut cfg: Config) -> Config {
     hide(&mut cfg.auth.webhook_token);
     hide(&mut cfg.turn.shared_secret);
     hide(&mut cfg.sip.trunk_password);
+    hide(&mut cfg.sms.smpp.password);
+    hide(&mut cfg.sms.http.key);
     for t in &mut cfg.sip.trunks {
         hide(&mut t.password);
     }

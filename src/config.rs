@@ -28,7 +28,149 @@ pub struct Config {
     pub api: ApiConfig,
     pub calls: CallsConfig,
     pub sip: SipConfig,
+    pub sms: SmsConfig,
     pub log: LogConfig,
+}
+
+/// SMS over an SMPP or HTTP carrier (see `config/commhub.toml`, `docs/sms-http.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// `off`, `smpp` or `http` (SMS_MODE, any case).
+    pub mode: SmsMode,
+    /// Brand and contact in the HELP reply and the opt-out confirmations.
+    pub brand: String,
+    pub contact: String,
+    /// 10DLC brand and campaign stored on each outbound message (TEN_DLC_BRAND_ID,
+    /// TEN_DLC_CAMPAIGN_ID).
+    pub ten_dlc_brand_id: String,
+    pub ten_dlc_campaign_id: String,
+    /// Parts per second for the campaign (0: no limit).
+    pub campaign_parts_per_sec: u32,
+    /// Largest MMS item (MMS_MEDIA_MAX_MB).
+    pub mms_media_max_mb: u32,
+    /// Attempts before a message fails for good, and its age limit.
+    pub max_attempts: u32,
+    pub max_age_hours: u32,
+    /// A receipt for an id not (yet) known is kept this long.
+    pub pending_receipt_hours: u32,
+    pub smpp: SmppConfig,
+    pub http: SmsHttpConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SmsMode {
+    #[serde(alias = "OFF", alias = "Off")]
+    #[serde(rename = "off")]
+    Off,
+    #[serde(alias = "SMPP", alias = "Smpp")]
+    #[serde(rename = "smpp")]
+    Smpp,
+    #[serde(alias = "HTTP", alias = "Http")]
+    #[serde(rename = "http")]
+    Http,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            mode: SmsMode::Off,
+            brand: "commhub".into(),
+            contact: String::new(),
+            ten_dlc_brand_id: String::new(),
+            ten_dlc_campaign_id: String::new(),
+            campaign_parts_per_sec: 0,
+            mms_media_max_mb: 5,
+            max_attempts: 8,
+            max_age_hours: 24,
+            pending_receipt_hours: 72,
+            smpp: SmppConfig::default(),
+            http: SmsHttpConfig::default(),
+        }
+    }
+}
+
+/// The SMPP bind (SMS_MODE=SMPP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmppConfig {
+    /// SMPP_HOST, SMPP_PORT.
+    pub host: String,
+    pub port: u16,
+    /// SMPP_SYSTEM_ID (at most 15 characters), SMPP_PASSWORD (at most 8: SMPP 3.4).
+    pub system_id: String,
+    pub password: String,
+    pub system_type: String,
+    /// SMPP_BIND: `transceiver`, or `transmitter+receiver` (two binds).
+    pub bind: String,
+    /// Submits in flight at once.
+    pub window: u32,
+    /// Parts per second to the SMSC (0: no limit).
+    pub max_parts_per_sec: u32,
+    pub response_timeout_secs: u64,
+    /// enquire_link after this much silence.
+    pub enquire_link_secs: u64,
+    /// First pause after ESME_RTHROTTLED (doubles while throttling lasts, up to 16 s).
+    pub throttle_pause_ms: u64,
+    /// Reconnect backoff: first and longest delay.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for SmppConfig {
+    fn default() -> Self {
+        SmppConfig {
+            host: "127.0.0.1".into(),
+            port: 2775,
+            system_id: String::new(),
+            password: String::new(),
+            system_type: String::new(),
+            bind: "transceiver".into(),
+            window: 10,
+            max_parts_per_sec: 0,
+            response_timeout_secs: 10,
+            enquire_link_secs: 30,
+            throttle_pause_ms: 1000,
+            reconnect_min_ms: 1000,
+            reconnect_max_ms: 60_000,
+        }
+    }
+}
+
+/// An HTTP carrier (SMS_MODE=HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsHttpConfig {
+    /// `generic` (docs/sms-http.md), `twilio` or `telnyx`.
+    pub style: String,
+    /// CARRIER_HTTP_BASEURL, CARRIER_HTTP_KEY (twilio: `AccountSid:AuthToken`).
+    pub base_url: String,
+    pub key: String,
+    /// Telnyx's public key (base64 Ed25519) that signs its webhooks.
+    pub telnyx_public_key: String,
+    /// Our public URL as the carrier sees it: webhook signatures cover it, and MMS media
+    /// links start with it. Empty: `http://{server.listen}`.
+    pub public_base_url: String,
+    pub timeout_secs: u64,
+    /// Parts per second to the carrier (0: no limit).
+    pub max_per_sec: u32,
+    /// Requests in flight at once.
+    pub window: u32,
+}
+
+impl Default for SmsHttpConfig {
+    fn default() -> Self {
+        SmsHttpConfig {
+            style: "generic".into(),
+            base_url: String::new(),
+            key: String::new(),
+            telnyx_public_key: String::new(),
+            public_base_url: String::new(),
+            timeout_secs: 10,
+            max_per_sec: 0,
+            window: 10,
+        }
+    }
 }
 
 /// The SIP bridge: PSTN legs from the PBX and carrier trunks (see `config/commhub.toml`).
@@ -471,6 +613,17 @@ impl Config {
                     "INBOUND_WEBHOOK_TOKEN",
                     "DATABASE_URL",
                     "SIP_TRUNK_URI",
+                    "SMS_MODE",
+                    "SMPP_HOST",
+                    "SMPP_PORT",
+                    "SMPP_SYSTEM_ID",
+                    "SMPP_PASSWORD",
+                    "SMPP_BIND",
+                    "CARRIER_HTTP_BASEURL",
+                    "CARRIER_HTTP_KEY",
+                    "TEN_DLC_BRAND_ID",
+                    "TEN_DLC_CAMPAIGN_ID",
+                    "MMS_MEDIA_MAX_MB",
                 ])
                 .map(|k| {
                     match k.as_str().to_ascii_uppercase().as_str() {
@@ -480,6 +633,17 @@ impl Config {
                         "PBX_AUTH_TOKEN" => "auth.pbx_token",
                         "INBOUND_WEBHOOK_TOKEN" => "auth.webhook_token",
                         "SIP_TRUNK_URI" => "sip.trunk_uri",
+                        "SMS_MODE" => "sms.mode",
+                        "SMPP_HOST" => "sms.smpp.host",
+                        "SMPP_PORT" => "sms.smpp.port",
+                        "SMPP_SYSTEM_ID" => "sms.smpp.system_id",
+                        "SMPP_PASSWORD" => "sms.smpp.password",
+                        "SMPP_BIND" => "sms.smpp.bind",
+                        "CARRIER_HTTP_BASEURL" => "sms.http.base_url",
+                        "CARRIER_HTTP_KEY" => "sms.http.key",
+                        "TEN_DLC_BRAND_ID" => "sms.ten_dlc_brand_id",
+                        "TEN_DLC_CAMPAIGN_ID" => "sms.ten_dlc_campaign_id",
+                        "MMS_MEDIA_MAX_MB" => "sms.mms_media_max_mb",
                         _ => "database.url",
                     }
                     .into()
@@ -584,9 +748,98 @@ impl Config {
         Ok(())
     }
 
+    fn validate_sms(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.sms;
+        if s.mms_media_max_mb == 0 || s.mms_media_max_mb > 100 {
+            return bad("sms.mms_media_max_mb (MMS_MEDIA_MAX_MB) must be 1..=100".into());
+        }
+        if s.max_attempts == 0 || s.max_age_hours == 0 {
+            return bad("sms.max_attempts and sms.max_age_hours must be at least 1".into());
+        }
+        match s.mode {
+            SmsMode::Off => {}
+            SmsMode::Smpp => {
+                let p = &s.smpp;
+                if p.system_id.is_empty() || p.system_id.chars().count() > 15 {
+                    return bad(format!(
+                        "SMPP_SYSTEM_ID (sms.smpp.system_id) is {} characters; SMPP allows 1 to 15",
+                        p.system_id.chars().count()
+                    ));
+                }
+                if p.password.chars().count() > 8 || !p.password.is_ascii() {
+                    return bad(format!(
+                        "SMPP_PASSWORD (sms.smpp.password) is {} characters; SMPP 3.4 allows at most 8 ASCII characters",
+                        p.password.chars().count()
+                    ));
+                }
+                if p.system_type.len() > 12 {
+                    return bad("sms.smpp.system_type allows at most 12 characters".into());
+                }
+                if p.host.is_empty() || p.port == 0 {
+                    return bad("SMPP_HOST and SMPP_PORT must be set in SMPP mode".into());
+                }
+                if !matches!(
+                    p.bind.to_ascii_lowercase().as_str(),
+                    "transceiver" | "transmitter+receiver" | "transmitter"
+                ) {
+                    return bad(format!(
+                        "SMPP_BIND (sms.smpp.bind) is `{}`; use transceiver or transmitter+receiver",
+                        p.bind
+                    ));
+                }
+                if !(1..=1000).contains(&p.window) {
+                    return bad("sms.smpp.window must be 1..=1000".into());
+                }
+                if p.response_timeout_secs == 0 || p.enquire_link_secs == 0 {
+                    return bad(
+                        "sms.smpp.response_timeout_secs and enquire_link_secs must be at least 1"
+                            .into(),
+                    );
+                }
+                if p.reconnect_min_ms == 0 || p.reconnect_min_ms > p.reconnect_max_ms {
+                    return bad("sms.smpp.reconnect_min_ms must be 1..=reconnect_max_ms".into());
+                }
+            }
+            SmsMode::Http => {
+                let h = &s.http;
+                if !matches!(h.style.as_str(), "generic" | "twilio" | "telnyx") {
+                    return bad(format!(
+                        "sms.http.style is `{}`; use generic, twilio or telnyx",
+                        h.style
+                    ));
+                }
+                if !(h.base_url.starts_with("http://") || h.base_url.starts_with("https://")) {
+                    return bad(
+                        "CARRIER_HTTP_BASEURL (sms.http.base_url) must be an http(s) URL in HTTP mode"
+                            .into(),
+                    );
+                }
+                if h.style == "twilio" && !h.key.contains(':') {
+                    return bad(
+                        "CARRIER_HTTP_KEY must be `AccountSid:AuthToken` with sms.http.style = twilio"
+                            .into(),
+                    );
+                }
+                if h.style == "telnyx" && h.telnyx_public_key.is_empty() {
+                    return bad(
+                        "sms.http.telnyx_public_key is needed to check Telnyx webhooks".into(),
+                    );
+                }
+                if !(1..=1000).contains(&h.window) || h.timeout_secs == 0 {
+                    return bad(
+                        "sms.http.window must be 1..=1000 and timeout_secs at least 1".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         self.validate_sip()?;
+        self.validate_sms()?;
         if !(10..=7 * 86_400).contains(&self.calls.abandon_after_secs) {
             return bad("calls.abandon_after_secs must be 10..=604800");
         }

@@ -13,8 +13,10 @@
 
 pub mod carrier;
 pub mod encoding;
+pub mod gateway;
 pub mod keywords;
 pub mod reassemble;
 pub mod receipt;
 pub mod segment;
 pub mod signature;
+pub mod smpp;

@@ -1,0 +1,1 @@
+//! The SMPP bind(s): to be written.
