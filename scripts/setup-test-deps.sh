@@ -6,12 +6,17 @@
 #     burst test's throttled loop-device disk). Building commhub itself needs none of them, and
 #     no cmake: see tests/build_deps.rs,
 #   - a Python venv at .venv with tests/clients/requirements.txt (aiortc clients),
-#   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium),
+#   - tests/browser's npm packages (playwright-core; it drives Debian's /usr/bin/chromium) and
+#     tests/sms's (the npm `smpp` SMSC simulator),
 #   - PostgreSQL: the machine's cluster is started (or the server installed and a cluster
 #     created) with a `commhub` role that may create databases, for the store tests
-#     (COMMHUB_TEST_DATABASE_URL, set by scripts/test.sh); coturn for the TURN test.
+#     (COMMHUB_TEST_DATABASE_URL, set by scripts/test.sh); coturn for the TURN test,
+#   - Jasmin for the SMPP tests: scripts/jasmin.sh install (RabbitMQ, Redis, .venv-jasmin, the
+#     listeners.py patch) and scripts/jasmin.sh start (127.0.0.1, ports in
+#     /tmp/commhub-jasmin/env; stop it with scripts/jasmin.sh stop).
 # Idempotent and quick when everything is already there. Used by .ci/run; developers can run
-# it directly. Environment: SKIP_APT=1 skips the Debian part, PYTHON picks the interpreter.
+# it directly. Environment: SKIP_APT=1 skips the Debian part, PYTHON picks the interpreter,
+# SKIP_POSTGRES=1 and SKIP_JASMIN=1 skip those services.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +32,7 @@ APT_PACKAGES=(
   postgresql coturn curl openssl
   e2fsprogs util-linux mount
   sip-tester baresip-core
+  rabbitmq-server redis-server iproute2
 )
 
 SUDO=""
@@ -88,38 +94,43 @@ assert hasattr(aioice.ice, "get_host_addresses"), "aioice changed: update tests/
 print(f"    aiortc {aiortc.__version__}, numpy {numpy.__version__}, websockets {websockets.__version__}")
 PY
 
-# ---------------------------------------------------------------- npm (browser test)
-BROWSER="$REPO/tests/browser"
-if [ -f "$BROWSER/package.json" ]; then
+# ---------------------------------------------------------------- npm (browser test, SMSC simulator)
+# npm_deps DIR: npm ci (npm install without a lockfile) in DIR when its package files changed.
+npm_deps() {
+  local dir="$1" rel want stamp
+  rel="${1#"$REPO"/}"
+  if [ ! -f "$dir/package.json" ]; then
+    step "npm: no $rel/package.json; skipped"
+    return
+  fi
   if ! command -v npm >/dev/null 2>&1; then
     echo "setup-test-deps: npm not found (node 20 expected)" >&2
     exit 1
   fi
-  want="$(cat "$BROWSER/package.json" "$BROWSER/package-lock.json" 2>/dev/null | sha256sum | cut -d' ' -f1)"
-  stamp="$BROWSER/node_modules/.commhub-deps.sha256"
+  want="$(cat "$dir/package.json" "$dir/package-lock.json" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  stamp="$dir/node_modules/.commhub-deps.sha256"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    step "npm: tests/browser dependencies already installed"
+    step "npm: $rel dependencies already installed"
   else
-    if [ -f "$BROWSER/package-lock.json" ]; then
-      step "npm: npm ci in tests/browser"
-      (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
+    if [ -f "$dir/package-lock.json" ]; then
+      step "npm: npm ci in $rel"
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
     else
-      step "npm: npm install in tests/browser"
-      (cd "$BROWSER" && npm install --no-audit --no-fund --loglevel=error)
+      step "npm: npm install in $rel"
+      (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
     fi
     echo "$want" > "$stamp"
   fi
-else
-  step "npm: no tests/browser/package.json; skipped"
-fi
-
+}
+npm_deps "$REPO/tests/browser"
+npm_deps "$REPO/tests/sms"
 
 # ---------------------------------------------------------------- PostgreSQL
 # The store tests create one database per test through a role that may create databases.
 if [ "${SKIP_POSTGRES:-0}" = "1" ]; then
   step "postgres: skipped (SKIP_POSTGRES=1)"
 else
-  ver="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n1)"
+  ver="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n1 || true)"
   if [ -z "$ver" ]; then
     echo "setup-test-deps: no PostgreSQL server under /usr/lib/postgresql" >&2
     exit 1
@@ -147,6 +158,18 @@ else
     psql_pg -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
   done
   echo "    PostgreSQL $ver on port $port; tests use postgres://commhub:commhub@127.0.0.1:$port/postgres"
+fi
+
+# ---------------------------------------------------------------- Jasmin (SMPP tests)
+# Started after PostgreSQL, like it: one Jasmin stack for the whole test run (docs/sms-design.md
+# 2.6). Its apt packages are in APT_PACKAGES above, so `install` only checks them here.
+if [ "${SKIP_JASMIN:-0}" = "1" ]; then
+  step "jasmin: skipped (SKIP_JASMIN=1)"
+else
+  step "jasmin: scripts/jasmin.sh install"
+  bash "$REPO/scripts/jasmin.sh" install
+  step "jasmin: scripts/jasmin.sh start"
+  bash "$REPO/scripts/jasmin.sh" start
 fi
 
 step "done"

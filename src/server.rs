@@ -56,6 +56,7 @@ pub fn new_state(
         ready: Arc::new(AtomicBool::new(true)),
         started: Instant::now(),
         sip: None,
+        sms: None,
     };
     (state, coordinator)
 }
@@ -181,6 +182,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
             .await?,
         );
     }
+    state.sms = Some(
+        crate::sms::gateway::Sms::start(
+            &cfg,
+            state.store.clone(),
+            shutdown_rx.clone(),
+            format!("http://{addr}"),
+        )
+        .await?,
+    );
     // The coordinator runs until `calls.shutdown()` below; `abort` only cuts it short when the
     // finalisation itself hangs past its bound.
     let abort = tokio_util::sync::CancellationToken::new();

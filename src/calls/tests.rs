@@ -83,6 +83,7 @@ impl MemStore {
                 assert!(self.calls.contains_key(&c.call_id));
                 self.consent.insert(c.id, c.call_id);
             }
+            StoreOp::Sms(_) => panic!("the book writes no SMS"),
         }
     }
 }

@@ -367,6 +367,129 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metric(name, kind, help, load(v).to_string());
         }
     }
+    if let Some(sms) = &state.sms {
+        let st = sms.stats();
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        let rows: [(&str, &str, &str, &std::sync::atomic::AtomicU64); 19] = [
+            (
+                "commhub_sms_sent_total",
+                "counter",
+                "Message parts the carrier accepted.",
+                &st.sent,
+            ),
+            (
+                "commhub_sms_submit_errors_total",
+                "counter",
+                "Parts the carrier refused (transient or permanent).",
+                &st.submit_errors,
+            ),
+            (
+                "commhub_sms_receipts_total",
+                "counter",
+                "Delivery receipts received (SMPP or webhook).",
+                &st.receipts,
+            ),
+            (
+                "commhub_sms_receipts_orphaned_total",
+                "counter",
+                "Receipts for an id not known yet (kept pending).",
+                &st.receipts_orphaned,
+            ),
+            (
+                "commhub_sms_inbound_total",
+                "counter",
+                "Inbound messages stored.",
+                &st.inbound,
+            ),
+            (
+                "commhub_sms_inbound_parts_total",
+                "counter",
+                "Inbound parts of multipart messages.",
+                &st.inbound_parts,
+            ),
+            (
+                "commhub_sms_blocked_total",
+                "counter",
+                "Sends refused because the recipient opted out.",
+                &st.blocked,
+            ),
+            (
+                "commhub_sms_retries_total",
+                "counter",
+                "Transient failures scheduled for another attempt.",
+                &st.retries,
+            ),
+            (
+                "commhub_sms_throttled_total",
+                "counter",
+                "Throttling answers (ESME_RTHROTTLED, ESME_RMSGQFUL, HTTP 429).",
+                &st.throttled,
+            ),
+            (
+                "commhub_sms_possible_duplicates_total",
+                "counter",
+                "Late acceptances of parts already resent.",
+                &st.possible_duplicates,
+            ),
+            (
+                "commhub_sms_duplicates_total",
+                "counter",
+                "Inbound messages or parts seen before (stored once).",
+                &st.duplicates,
+            ),
+            (
+                "commhub_sms_bind_failures_total",
+                "counter",
+                "SMPP binds refused or connections that failed.",
+                &st.bind_failures,
+            ),
+            (
+                "commhub_sms_bad_frames_total",
+                "counter",
+                "SMPP frames that could not be decoded.",
+                &st.bad_frames,
+            ),
+            (
+                "commhub_sms_failed_total",
+                "counter",
+                "Messages that failed for good.",
+                &st.failed,
+            ),
+            (
+                "commhub_sms_webhook_refused_total",
+                "counter",
+                "Webhook requests refused (token, signature or body).",
+                &st.webhook_refused,
+            ),
+            (
+                "commhub_sms_queue_depth",
+                "gauge",
+                "Messages accepted and not yet accepted by the carrier.",
+                &st.queue_depth,
+            ),
+            (
+                "commhub_sms_in_flight",
+                "gauge",
+                "Parts submitted and not yet answered.",
+                &st.in_flight,
+            ),
+            (
+                "commhub_sms_bind_state_tx",
+                "gauge",
+                "Sending bind: 0 down, 1 binding, 2 bound (HTTP mode: 2).",
+                &st.bind_state_tx,
+            ),
+            (
+                "commhub_sms_bind_state_rx",
+                "gauge",
+                "Receiver bind (transmitter+receiver mode): 0 down, 1 binding, 2 bound.",
+                &st.bind_state_rx,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            metric(name, kind, help, load(v).to_string());
+        }
+    }
     metric(
         "commhub_uptime_seconds",
         "gauge",

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod recording;
+pub mod sms;
 pub mod upload;
 pub mod web;
 pub mod whip;
@@ -52,6 +53,33 @@ pub struct AppState {
     pub tokens: TokenKey,
     /// The SIP bridge, when `[sip] enabled` (started with the server).
     pub sip: Option<crate::sip::Sip>,
+    /// The SMS gateway (started with the server; `sms.mode = off` still lists messages).
+    pub sms: Option<crate::sms::gateway::Sms>,
+}
+
+fn sms_routes(state: &AppState) -> Router<AppState> {
+    let json_limit = state.cfg.api.max_json_bytes;
+    // Media travel base64 in the JSON body: room for every item at the size limit.
+    let media = (state.cfg.sms.mms_media_max_mb as usize)
+        .saturating_mul(1024 * 1024 * 4 / 3 + 4)
+        .saturating_mul(crate::sms::carrier::MAX_MEDIA);
+    Router::new()
+        .route(
+            "/functions/v1/sms-send",
+            post(sms::sms_send).layer(DefaultBodyLimit::max(json_limit.max(media + 65_536))),
+        )
+        .route(
+            "/functions/v1/sms-webhook-mo",
+            post(sms::webhook_mo).layer(DefaultBodyLimit::max(json_limit)),
+        )
+        .route(
+            "/functions/v1/sms-webhook-dlr",
+            post(sms::webhook_dlr).layer(DefaultBodyLimit::max(json_limit)),
+        )
+        .route("/api/v1/sms/messages", get(sms::list_messages))
+        .route("/api/v1/sms/messages/{id}", get(sms::get_message))
+        .route("/api/v1/sms/conversations", get(sms::list_conversations))
+        .route("/sms-media/{*key}", get(sms::media))
 }
 
 /// The HTTP router.
@@ -76,6 +104,7 @@ pub fn app(state: AppState) -> Router {
             post(recording::set_recording).get(recording::get_recording),
         )
         .merge(api::routes(&state))
+        .merge(sms_routes(&state))
         .route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::metrics))

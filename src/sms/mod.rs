@@ -15,6 +15,8 @@ pub mod carrier;
 pub mod encoding;
 pub mod gateway;
 pub mod keywords;
+pub mod media;
+pub mod pace;
 pub mod reassemble;
 pub mod receipt;
 pub mod segment;

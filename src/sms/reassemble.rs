@@ -61,19 +61,22 @@ pub struct Key {
 }
 
 struct Pending {
-    parts: Vec<Option<String>>,
+    parts: Vec<Option<Vec<u8>>>,
     first: Instant,
 }
 
 /// What became of a part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The message is whole: its text, parts in order.
-    Complete(String),
+    /// The message is whole: its payload, parts in order (decode it whole: a GSM escape or a
+    /// UTF-16 surrogate pair may straddle two parts).
+    Complete(Vec<u8>),
     /// Waiting for more parts.
     Waiting,
     /// This part had arrived already.
     Duplicate,
+    /// Its index is 0 or past the total.
+    Invalid,
 }
 
 /// Parts waiting for the rest of their message.
@@ -100,10 +103,13 @@ impl Reassembler {
         self.pending.is_empty()
     }
 
-    /// One decoded part.
-    pub fn add(&mut self, from: &str, to: &str, c: Concat, text: String, now: Instant) -> Outcome {
-        if c.total == 1 {
-            return Outcome::Complete(text);
+    /// One part's payload (UDH removed).
+    pub fn add(&mut self, from: &str, to: &str, c: Concat, data: Vec<u8>, now: Instant) -> Outcome {
+        if c.total <= 1 {
+            return Outcome::Complete(data);
+        }
+        if c.index == 0 || c.index > c.total {
+            return Outcome::Invalid;
         }
         let key = Key {
             from: from.to_string(),
@@ -131,9 +137,9 @@ impl Reassembler {
         if slot.is_some() {
             return Outcome::Duplicate;
         }
-        *slot = Some(text);
+        *slot = Some(data);
         if p.parts.iter().all(Option::is_some) {
-            let whole = p.parts.iter().flatten().map(String::as_str).collect();
+            let whole = p.parts.iter().flatten().flatten().copied().collect();
             self.pending.remove(&key);
             return Outcome::Complete(whole);
         }
@@ -142,7 +148,7 @@ impl Reassembler {
 
     /// Messages whose parts stopped coming: what arrived, in order, with the missing parts
     /// left out (the caller stores it rather than lose it).
-    pub fn expire(&mut self, now: Instant) -> Vec<(Key, String)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(Key, Vec<u8>)> {
         let timeout = self.timeout;
         let old: Vec<Key> = self
             .pending
@@ -153,7 +159,7 @@ impl Reassembler {
         old.into_iter()
             .filter_map(|k| {
                 let p = self.pending.remove(&k)?;
-                Some((k, p.parts.into_iter().flatten().collect()))
+                Some((k, p.parts.into_iter().flatten().flatten().collect()))
             })
             .collect()
     }
@@ -203,21 +209,24 @@ mod tests {
             total: 3,
             index: i,
         };
-        assert_eq!(r.add("+1", "+2", c(3), "c".into(), t0), Outcome::Waiting);
-        assert_eq!(r.add("+1", "+2", c(1), "a".into(), t0), Outcome::Waiting);
-        assert_eq!(r.add("+1", "+2", c(1), "a".into(), t0), Outcome::Duplicate);
-        // Same reference from someone else is another message.
-        assert_eq!(r.add("+9", "+2", c(2), "X".into(), t0), Outcome::Waiting);
+        assert_eq!(r.add("+1", "+2", c(3), b"c".to_vec(), t0), Outcome::Waiting);
+        assert_eq!(r.add("+1", "+2", c(1), b"a".to_vec(), t0), Outcome::Waiting);
         assert_eq!(
-            r.add("+1", "+2", c(2), "b".into(), t0),
-            Outcome::Complete("abc".into())
+            r.add("+1", "+2", c(1), b"a".to_vec(), t0),
+            Outcome::Duplicate
+        );
+        // Same reference from someone else is another message.
+        assert_eq!(r.add("+9", "+2", c(2), b"X".to_vec(), t0), Outcome::Waiting);
+        assert_eq!(
+            r.add("+1", "+2", c(2), b"b".to_vec(), t0),
+            Outcome::Complete(b"abc".to_vec())
         );
         assert_eq!(r.len(), 1);
         // The stranger's parts never complete: given up with what came.
         assert!(r.expire(t0 + Duration::from_secs(30)).is_empty());
         let gone = r.expire(t0 + Duration::from_secs(61));
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].1, "X");
+        assert_eq!(gone[0].1, b"X");
         assert!(r.is_empty());
         let single = Concat {
             reference: 1,
@@ -225,8 +234,8 @@ mod tests {
             index: 1,
         };
         assert_eq!(
-            r.add("+1", "+2", single, "solo".into(), t0),
-            Outcome::Complete("solo".into())
+            r.add("+1", "+2", single, b"solo".to_vec(), t0),
+            Outcome::Complete(b"solo".to_vec())
         );
     }
 
@@ -244,10 +253,31 @@ mod tests {
                 "+1",
                 "+2",
                 c,
-                "x".into(),
+                b"x".to_vec(),
                 t0 + Duration::from_millis(i as u64),
             );
         }
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn a_surrogate_pair_split_across_parts_is_joined_before_decoding() {
+        let t0 = Instant::now();
+        let mut r = Reassembler::new(Duration::from_secs(60), 10);
+        let units: Vec<u8> = crate::sms::encoding::to_ucs2("a😀b");
+        // "a" + the high surrogate in part 1, the low surrogate + "b" in part 2.
+        let (p1, p2) = units.split_at(4);
+        let c = |i| Concat {
+            reference: 1,
+            total: 2,
+            index: i,
+        };
+        assert_eq!(r.add("+1", "+2", c(2), p2.to_vec(), t0), Outcome::Waiting);
+        let Outcome::Complete(all) = r.add("+1", "+2", c(1), p1.to_vec(), t0) else {
+            panic!("whole");
+        };
+        assert_eq!(crate::sms::encoding::from_ucs2(&all), "a😀b");
+        assert_eq!(r.add("+1", "+2", c(0), vec![1], t0), Outcome::Invalid);
+        assert_eq!(r.add("+1", "+2", c(3), vec![1], t0), Outcome::Invalid);
     }
 }

@@ -284,6 +284,8 @@ pub enum StoreOp {
         error: String,
     },
     Consent(ConsentRow),
+    /// SMS writes (`sms.rs`).
+    Sms(sms::SmsOp),
 }
 
 impl StoreOp {
@@ -298,6 +300,7 @@ impl StoreOp {
             StoreOp::Recording(_) => "recording",
             StoreOp::RecordingFailed { .. } => "recording_failed",
             StoreOp::Consent(_) => "consent",
+            StoreOp::Sms(op) => op.name(),
         }
     }
 }
@@ -407,6 +410,9 @@ impl Store {
 
     /// Apply one write.
     pub async fn apply(&self, op: &StoreOp) -> Result<(), sqlx::Error> {
+        if let StoreOp::Sms(op) = op {
+            return self.apply_sms(op).await;
+        }
         with_db!(self, |pool, pg, id, ts| {
             match op {
                 StoreOp::CreateCall(c) => {
@@ -554,6 +560,7 @@ impl Store {
                     .execute(pool)
                     .await?;
                 }
+                StoreOp::Sms(_) => {}
                 StoreOp::Consent(c) => {
                     sqlx::query(
                         "INSERT INTO consent_events (id, call_id, participant_id, recording_id, \
@@ -744,7 +751,7 @@ impl Store {
 }
 
 /// Every table of the schema.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 12] = [
     "calls",
     "call_participants",
     "call_recordings",
@@ -753,6 +760,10 @@ pub const TABLES: [&str; 8] = [
     "sms_conversations",
     "sms_messages",
     "sms_optouts",
+    "sms_message_parts",
+    "sms_receipts_pending",
+    "sms_inbound_parts",
+    "sms_media",
 ];
 
 fn call_from<R: RowExt>(r: &R) -> Result<Call, sqlx::Error>
@@ -818,3 +829,5 @@ pub fn storage_key(root: &Path, path: &Path) -> String {
         .to_string_lossy()
         .replace('\\', "/")
 }
+
+pub mod sms;

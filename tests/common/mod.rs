@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod sipp;
+pub mod sms;
 
 use commhub::config::Config;
 use commhub::server::{ServerHandle, start};
