@@ -237,3 +237,110 @@ async fn the_demo_pages_phone_dials_keys_consents_and_answers_an_incoming_call()
     let _ = std::fs::remove_dir_all(&caller_dir);
     srv.stop().await.expect("stop");
 }
+
+/// The demo page's SMS panel in Chromium, with commhub in SMPP mode against the simulated SMSC
+/// (`tests/sms/smsc.js`) and dev mode (the page calls the API without a key): the composer
+/// sends a message that goes to `delivered` in the thread; an MO reply injected at the
+/// simulator shows as an inbound message; an MO "STOP" puts the `opted out` badge on the
+/// conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_pages_sms_panel_sends_sees_delivered_replies_and_opt_out() {
+    use common::sms::{Smsc, metric, wait_for};
+    use tokio::io::AsyncBufReadExt;
+
+    const US: &str = "+15550001111";
+    const THEM: &str = "+15550003333";
+    const BODY: &str = "Hello from the demo page";
+    const REPLY: &str = "Thanks, got it";
+
+    let smsc = Smsc::start().await;
+    let smsc_port = smsc.smpp_port;
+    let srv = common::server(move |c| {
+        c.auth.enabled = true;
+        c.auth.dev_mode = true;
+        c.sms.mode = commhub::config::SmsMode::Smpp;
+        c.sms.brand = "Acme".into();
+        c.sms.contact = "acme.example".into();
+        c.sms.smpp.host = "127.0.0.1".into();
+        c.sms.smpp.port = smsc_port;
+        c.sms.smpp.system_id = "commhub".into();
+        c.sms.smpp.password = "pw".into();
+        c.sms.smpp.reconnect_min_ms = 200;
+        c.sms.smpp.reconnect_max_ms = 1000;
+    })
+    .await;
+    let base = srv.http_url();
+    wait_for("bound to the simulator", Duration::from_secs(10), || {
+        metric(&base, "commhub_sms_bind_state_tx") == 2.0
+    })
+    .await;
+    assert!(
+        repo()
+            .join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "playwright-core is not installed: run scripts/setup-test-deps.sh"
+    );
+    let out = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&out).expect("artifacts dir");
+    let node = std::env::var("COMMHUB_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let mut child = tokio::process::Command::new(node)
+        .arg("sms_test.mjs")
+        .args(["--base", &base, "--from", US, "--to", THEM])
+        .args(["--body", BODY, "--reply", REPLY, "--timeout", "100"])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(repo().join("tests/browser"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut last = Value::Null;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await
+    {
+        eprintln!("sms_test: {line}");
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["stage"] == "delivered" {
+            let r = smsc.mo(serde_json::json!({"from": THEM, "to": US, "text": REPLY}));
+            assert_eq!(r["acked"], 1, "the reply MO: {r}");
+        }
+        if v["stage"] == "reply_shown" {
+            let r = smsc.mo(serde_json::json!({"from": THEM, "to": US, "text": "STOP"}));
+            assert_eq!(r["acked"], 1, "the STOP MO: {r}");
+        }
+        if v.get("ok").is_some() {
+            last = v;
+        }
+    }
+    let status = child.wait().await.expect("node");
+    assert!(status.success() && last["ok"] == true, "sms test: {last}");
+    assert_eq!(last["sent"]["status"], "delivered", "{last}");
+    assert_eq!(last["composerCleared"], true, "{last}");
+    assert_eq!(last["reply"]["status"], "received", "{last}");
+    assert_eq!(last["optedOut"]["badge"], "opted out", "{last}");
+    // What the page showed is what the server holds.
+    let sent_id = last["sent"]["id"].as_str().expect("sent id");
+    let m = common::api_get(&format!("{base}/api/v1/sms/messages/{sent_id}")).1;
+    assert_eq!(
+        (
+            m["status"].as_str(),
+            m["body"].as_str(),
+            m["direction"].as_str()
+        ),
+        (Some("delivered"), Some(BODY), Some("outbound")),
+        "{m}"
+    );
+    let texts: Vec<String> = smsc
+        .messages()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(texts.iter().any(|t| t == BODY), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.contains("unsubscribed")),
+        "the STOP confirmation reached the SMSC: {texts:?}"
+    );
+    srv.stop().await.expect("stop");
+}

@@ -138,12 +138,20 @@ impl Carrier {
         let dir = std::env::temp_dir().join(format!("commhub-carrier-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("dir");
         let key_file = dir.join("telnyx.pub");
-        let mut child = Command::new(super::python())
-            .arg(repo().join("tests/clients/sms_carrier.py"))
+        let mut cmd = Command::new(super::python());
+        cmd.arg(repo().join("tests/clients/sms_carrier.py"))
             .args(["--port", &port.to_string(), "--style", style])
-            .args(["--webhook-base", webhook_base, "--token", token])
-            .args(["--twilio-token", twilio_token])
-            .args(["--telnyx-key-out", key_file.to_str().expect("path")])
+            .args(["--webhook-base", webhook_base, "--token", token]);
+        match style {
+            "twilio" => {
+                cmd.args(["--twilio-token", twilio_token]);
+            }
+            "telnyx" => {
+                cmd.args(["--telnyx-key-out", key_file.to_str().expect("path")]);
+            }
+            _ => {}
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
