@@ -342,3 +342,11 @@ mod tests {
         );
     }
 }
+
+/// E.164: `+` then 2 to 15 digits, the first not 0.
+pub fn valid_e164(n: &str) -> bool {
+    let Some(d) = n.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}

@@ -20,12 +20,14 @@
 //! - `http/`: router and [`http::AppState`], extractors, [`http::AppError`], and the handlers:
 //!   call API and `/api/v1` (`api.rs`), recording-upload (`upload.rs`), signaling (`ws.rs`),
 //!   WHIP/WHEP (`whip.rs`), the recording switch (`recording.rs`), health and metrics
-//!   (`metrics.rs`), the demo page (`web.rs`).
+//!   (`metrics.rs`), the demo page (`web.rs`), SMS endpoints (`sms.rs`).
 //! - `sip/`: the SIP bridge (rsipstack): the endpoint and intake (`mod.rs`), inbound INVITEs
 //!   (`inbound.rs`), outbound dialing (`outbound.rs`), an answered leg's dialog and media
 //!   (`leg.rs`). Its pure rules are `signaling::sip`; its media `media::pstn`.
-//! - `sms/`: SMS (pure parts so far): compliance keywords (`keywords.rs`), GSM 03.38 / UCS-2
-//!   (`encoding.rs`) and segmentation with UDH (`segment.rs`).
+//! - `sms/`: SMS. Pure rules at the top (keywords, GSM 03.38 / UCS-2, segmentation with UDH,
+//!   reassembly, receipts, carrier webhook bodies and signatures, pacing, MMS media) and in
+//!   `smpp/` (framing, the bind session, PDUs); the IO in `gateway/` (the `Sms` handle, the
+//!   sender queue, the SMPP and HTTP carrier links). Its rows: `store/sms.rs`.
 //! - `auth.rs`: join tokens (JWT HS256), TURN REST credentials and the ICE-server list,
 //!   constant-time secrets.
 //! - `redact.rs`: helpers that keep tokens and addresses out of logs.

@@ -110,13 +110,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
     }
 }
 
-/// E.164: `+` then 2 to 15 digits, the first not 0.
-pub fn valid_e164(n: &str) -> bool {
-    let Some(d) = n.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-}
+pub use crate::domain::valid_e164;
 
 fn number(field: &str, v: Option<String>) -> Result<Option<String>, AppError> {
     match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {

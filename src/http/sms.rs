@@ -314,7 +314,7 @@ fn page(state: &AppState, limit: Option<u32>, offset: Option<u64>) -> Result<(u3
 fn number_param(v: Option<String>) -> Result<Option<String>, AppError> {
     match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(n) if crate::http::api::valid_e164(&n) => Ok(Some(n)),
+        Some(n) if crate::domain::valid_e164(&n) => Ok(Some(n)),
         Some(_) => Err(AppError::coded(
             StatusCode::BAD_REQUEST,
             "invalid_number",

@@ -348,7 +348,7 @@ impl Sms {
         if cfg.mode == SmsMode::Off {
             return Err(SmsError::Off);
         }
-        if !crate::http::api::valid_e164(&req.from) || !crate::http::api::valid_e164(&req.to) {
+        if !crate::domain::valid_e164(&req.from) || !crate::domain::valid_e164(&req.to) {
             return Err(SmsError::Invalid(
                 "`from` and `to` must be E.164 numbers (+ and 2 to 15 digits)".into(),
             ));
@@ -606,7 +606,7 @@ impl Sms {
     /// A whole inbound message (webhook, or SMPP after reassembly): stored once, then its
     /// keyword acted on. Errors mean the carrier should send it again.
     pub async fn inbound(&self, m: Inbound) -> Result<InboundResult, SmsError> {
-        if !crate::http::api::valid_e164(&m.from) || !crate::http::api::valid_e164(&m.to) {
+        if !crate::domain::valid_e164(&m.from) || !crate::domain::valid_e164(&m.to) {
             return Err(SmsError::Invalid(
                 "`from` and `to` must be E.164 numbers".into(),
             ));
@@ -790,7 +790,7 @@ impl Sms {
                 .await
                 .map(|_| ());
         };
-        if !crate::http::api::valid_e164(&p.from) || !crate::http::api::valid_e164(&p.to) {
+        if !crate::domain::valid_e164(&p.from) || !crate::domain::valid_e164(&p.to) {
             return Err(SmsError::Invalid("bad numbers in an inbound part".into()));
         }
         self.inner
