@@ -295,6 +295,14 @@ pub fn leave_reason(r: media::LeaveReason) -> signaling::LeaveReason {
     }
 }
 
+/// E.164: `+` then 2 to 15 digits, the first not 0.
+pub fn valid_e164(n: &str) -> bool {
+    let Some(d) = n.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,12 +349,4 @@ mod tests {
             consent_id(r, ConsentKind::IvrAnnouncement, 15_000)
         );
     }
-}
-
-/// E.164: `+` then 2 to 15 digits, the first not 0.
-pub fn valid_e164(n: &str) -> bool {
-    let Some(d) = n.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
 }
