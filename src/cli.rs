@@ -363,6 +363,7 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
         for (name, body) in sections {
             out.push_str(&format!("[{name}]\n"));
             let mut tables = Vec::new();
+            let mut subs = Vec::new();
             if let serde_json::Value::Object(kv) = body {
                 for (k, v) in kv {
                     match &v {
@@ -373,7 +374,17 @@ fn toml_string(cfg: &Config) -> Result<String, String> {
                         {
                             tables.push((k, items.clone()));
                         }
+                        // Sub-tables (`[sms.smpp]`) too.
+                        serde_json::Value::Object(_) => subs.push((k, v.clone())),
                         _ => out.push_str(&format!("{k} = {v}\n")),
+                    }
+                }
+            }
+            for (k, sub) in subs {
+                out.push_str(&format!("\n[{name}.{k}]\n"));
+                if let serde_json::Value::Object(kv) = sub {
+                    for (ik, iv) in kv.iter().filter(|(_, v)| !v.is_null()) {
+                        out.push_str(&format!("{ik} = {iv}\n"));
                     }
                 }
             }

@@ -32,6 +32,25 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Environment values are parsed as TOML-ish scalars: an all-digit password or id arrives as a
+/// number. Take either as text.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum T {
+        S(String),
+        U(u64),
+        I(i64),
+        F(f64),
+    }
+    Ok(match T::deserialize(d)? {
+        T::S(s) => s,
+        T::U(n) => n.to_string(),
+        T::I(n) => n.to_string(),
+        T::F(n) => n.to_string(),
+    })
+}
+
 /// SMS over an SMPP or HTTP carrier (see `config/commhub.toml`, `docs/sms-http.md`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -43,7 +62,9 @@ pub struct SmsConfig {
     pub contact: String,
     /// 10DLC brand and campaign stored on each outbound message (TEN_DLC_BRAND_ID,
     /// TEN_DLC_CAMPAIGN_ID).
+    #[serde(deserialize_with = "text_or_number")]
     pub ten_dlc_brand_id: String,
+    #[serde(deserialize_with = "text_or_number")]
     pub ten_dlc_campaign_id: String,
     /// Parts per second for the campaign (0: no limit).
     pub campaign_parts_per_sec: u32,
@@ -98,7 +119,9 @@ pub struct SmppConfig {
     pub host: String,
     pub port: u16,
     /// SMPP_SYSTEM_ID (at most 15 characters), SMPP_PASSWORD (at most 8: SMPP 3.4).
+    #[serde(deserialize_with = "text_or_number")]
     pub system_id: String,
+    #[serde(deserialize_with = "text_or_number")]
     pub password: String,
     pub system_type: String,
     /// SMPP_BIND: `transceiver`, or `transmitter+receiver` (two binds).
@@ -145,6 +168,7 @@ pub struct SmsHttpConfig {
     pub style: String,
     /// CARRIER_HTTP_BASEURL, CARRIER_HTTP_KEY (twilio: `AccountSid:AuthToken`).
     pub base_url: String,
+    #[serde(deserialize_with = "text_or_number")]
     pub key: String,
     /// Telnyx's public key (base64 Ed25519) that signs its webhooks.
     pub telnyx_public_key: String,
@@ -332,8 +356,10 @@ pub struct AuthConfig {
     /// Keys accepted for /api/v1 and call-create/call-end (`Authorization: Bearer KEY`).
     pub api_keys: Vec<String>,
     /// The PBX's token for recording-upload (PBX_AUTH_TOKEN).
+    #[serde(deserialize_with = "text_or_number")]
     pub pbx_token: String,
     /// The SMS carrier webhooks' token (INBOUND_WEBHOOK_TOKEN).
+    #[serde(deserialize_with = "text_or_number")]
     pub webhook_token: String,
     /// DEVELOPMENT ONLY: the demo page gets join tokens from /dev/token and reads /api/v1
     /// without a key.
@@ -358,6 +384,7 @@ impl Default for AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TurnConfig {
     /// coturn `static-auth-secret` (TURN_SHARED_SECRET). Empty: no TURN credentials issued.
+    #[serde(deserialize_with = "text_or_number")]
     pub shared_secret: String,
     /// TURN URLs handed to clients, comma separated (TURN_SERVER_URL).
     pub server_url: String,
@@ -657,11 +684,67 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        let cfg: Config = fig
+        let mut cfg: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.raw_secrets();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Secrets and ids taken from the environment exactly as written: the environment provider
+    /// reads `00123` as the number 123, which would change a password. The COMMHUB_ variable
+    /// wins over the platform's, as for every other key.
+    fn raw_secrets(&mut self) {
+        let var = |n: &str| std::env::var(n).ok();
+        let pick = |platform: &str, ours: &str| var(ours).or_else(|| var(platform));
+        let slots: [(&str, &str, &mut String); 8] = [
+            (
+                "SMPP_PASSWORD",
+                "COMMHUB_SMS__SMPP__PASSWORD",
+                &mut self.sms.smpp.password,
+            ),
+            (
+                "SMPP_SYSTEM_ID",
+                "COMMHUB_SMS__SMPP__SYSTEM_ID",
+                &mut self.sms.smpp.system_id,
+            ),
+            (
+                "CARRIER_HTTP_KEY",
+                "COMMHUB_SMS__HTTP__KEY",
+                &mut self.sms.http.key,
+            ),
+            (
+                "TEN_DLC_BRAND_ID",
+                "COMMHUB_SMS__TEN_DLC_BRAND_ID",
+                &mut self.sms.ten_dlc_brand_id,
+            ),
+            (
+                "TEN_DLC_CAMPAIGN_ID",
+                "COMMHUB_SMS__TEN_DLC_CAMPAIGN_ID",
+                &mut self.sms.ten_dlc_campaign_id,
+            ),
+            (
+                "INBOUND_WEBHOOK_TOKEN",
+                "COMMHUB_AUTH__WEBHOOK_TOKEN",
+                &mut self.auth.webhook_token,
+            ),
+            (
+                "PBX_AUTH_TOKEN",
+                "COMMHUB_AUTH__PBX_TOKEN",
+                &mut self.auth.pbx_token,
+            ),
+            (
+                "TURN_SHARED_SECRET",
+                "COMMHUB_TURN__SHARED_SECRET",
+                &mut self.turn.shared_secret,
+            ),
+        ];
+        for (platform, ours, slot) in slots {
+            if let Some(v) = pick(platform, ours) {
+                *slot = v;
+            }
+        }
     }
 
     /// Parse a TOML string over the defaults (no environment), for tests.
@@ -1027,5 +1110,49 @@ mod tests {
             let err = Config::from_toml(toml).expect_err(toml).to_string();
             assert!(err.contains(needle), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn sms_variables_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "")?;
+            jail.set_env("SMS_MODE", "SMPP");
+            jail.set_env("SMPP_HOST", "smsc.example");
+            jail.set_env("SMPP_PORT", "2776");
+            jail.set_env("SMPP_SYSTEM_ID", "12345");
+            // All digits: arrives as a number, taken as text.
+            jail.set_env("SMPP_PASSWORD", "00123");
+            jail.set_env("SMPP_BIND", "transmitter+receiver");
+            jail.set_env("TEN_DLC_BRAND_ID", "B1");
+            jail.set_env("TEN_DLC_CAMPAIGN_ID", "C1");
+            jail.set_env("MMS_MEDIA_MAX_MB", "2");
+            let cfg = Config::load(Some(Path::new("c.toml"))).expect("loads");
+            assert_eq!(cfg.sms.mode, SmsMode::Smpp);
+            assert_eq!(cfg.sms.smpp.host, "smsc.example");
+            assert_eq!(cfg.sms.smpp.port, 2776);
+            assert_eq!(cfg.sms.smpp.system_id, "12345");
+            assert_eq!(cfg.sms.smpp.password, "00123");
+            assert_eq!(cfg.sms.smpp.bind, "transmitter+receiver");
+            assert_eq!(
+                (cfg.sms.ten_dlc_brand_id.as_str(), cfg.sms.mms_media_max_mb),
+                ("B1", 2)
+            );
+            jail.set_env("SMPP_PASSWORD", "longer-than-8");
+            let e = Config::load(Some(Path::new("c.toml"))).expect_err("too long");
+            assert!(e.to_string().contains("at most 8"), "{e}");
+            jail.set_env("SMPP_PASSWORD", "ok");
+            jail.set_env("SMPP_SYSTEM_ID", "a-system-id-of-16");
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            jail.set_env("SMPP_SYSTEM_ID", "sys");
+            jail.set_env("SMS_MODE", "http");
+            let e = Config::load(Some(Path::new("c.toml"))).expect_err("no base URL");
+            assert!(e.to_string().contains("CARRIER_HTTP_BASEURL"), "{e}");
+            jail.set_env("CARRIER_HTTP_BASEURL", "https://carrier.example");
+            jail.set_env("CARRIER_HTTP_KEY", "k");
+            let cfg = Config::load(Some(Path::new("c.toml"))).expect("http mode");
+            assert_eq!(cfg.sms.http.key, "k");
+            Ok(())
+        });
     }
 }
