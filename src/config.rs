@@ -172,6 +172,9 @@ pub struct SmsHttpConfig {
     pub key: String,
     /// Telnyx's public key (base64 Ed25519) that signs its webhooks.
     pub telnyx_public_key: String,
+    /// A PEM file of CA certificates trusted for an https carrier besides the public roots
+    /// (a private carrier gateway). Empty: the public (webpki) roots only.
+    pub ca_file: Option<PathBuf>,
     /// Our public URL as the carrier sees it: webhook signatures cover it, and MMS media
     /// links start with it. Empty: `http://{server.listen}`.
     pub public_base_url: String,
@@ -189,6 +192,7 @@ impl Default for SmsHttpConfig {
             base_url: String::new(),
             key: String::new(),
             telnyx_public_key: String::new(),
+            ca_file: None,
             public_base_url: String::new(),
             timeout_secs: 10,
             max_per_sec: 0,
@@ -903,6 +907,11 @@ impl Config {
                         "CARRIER_HTTP_KEY must be `AccountSid:AuthToken` with sms.http.style = twilio"
                             .into(),
                     );
+                }
+                if let Some(ca) = &h.ca_file
+                    && !ca.is_file()
+                {
+                    return bad(format!("sms.http.ca_file {} does not exist", ca.display()));
                 }
                 if h.style == "telnyx" && h.telnyx_public_key.is_empty() {
                     return bad(

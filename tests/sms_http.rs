@@ -429,3 +429,51 @@ async fn telnyx_style_carrier_with_ed25519_webhooks() {
     assert!(metric(&s.base, "commhub_sms_webhook_refused_total") >= 3.0);
     s.srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_carrier_is_reached_with_its_ca_trusted() {
+    common::init_logs();
+    let dir = std::env::temp_dir().join(format!("commhub-tls-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (plain, tls, server_port) = (free_port(), free_port(), free_port());
+    let base = format!("http://127.0.0.1:{server_port}");
+    let carrier = Carrier::start_with(
+        plain,
+        "generic",
+        &base,
+        HOOK_TOKEN,
+        "",
+        &[
+            "--tls-port".into(),
+            tls.to_string(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ],
+    )
+    .await;
+    let mut cfg = test_config();
+    cfg.server.listen = format!("127.0.0.1:{server_port}").parse().unwrap();
+    cfg.auth.enabled = true;
+    cfg.auth.api_keys = vec![TEST_API_KEY.into()];
+    cfg.auth.webhook_token = HOOK_TOKEN.into();
+    cfg.sms.mode = commhub::config::SmsMode::Http;
+    cfg.sms.http.base_url = format!("https://127.0.0.1:{tls}");
+    cfg.sms.http.key = "carrier-key".into();
+    cfg.sms.http.ca_file = Some(cert.clone());
+    let srv = commhub::server::start(cfg).await.unwrap();
+    let (st, m) = sms_send(&base, &json!({"from": US, "to": THEM, "body": "over TLS"}));
+    assert_eq!(st, 201, "{m}");
+    let id = m["id"].as_str().unwrap().to_string();
+    wait_for("delivered over https", Duration::from_secs(10), || {
+        status_of(&base, &id) == "delivered"
+    })
+    .await;
+    assert!(carrier.sent().iter().any(|m| m["text"] == "over TLS"));
+    srv.stop().await.unwrap();
+}

@@ -605,8 +605,14 @@ def main():
                     help="the auth token: Basic password on sends and the webhook signing key")
     ap.add_argument("--telnyx-key-out", default=None,
                     help="write the Ed25519 public key (base64 of the raw 32 bytes) here")
+    ap.add_argument("--tls-port", type=int, default=None,
+                    help="also serve the same endpoints over TLS on this port")
+    ap.add_argument("--tls-cert", default=None, help="PEM certificate for --tls-port")
+    ap.add_argument("--tls-key", default=None, help="PEM private key for --tls-port")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    if args.tls_port and not (args.tls_cert and args.tls_key):
+        ap.error("--tls-port needs --tls-cert and --tls-key")
     if args.style == "twilio" and not args.twilio_token:
         ap.error("--style twilio needs --twilio-token")
     if args.telnyx_key_out and args.style != "telnyx":
@@ -621,6 +627,15 @@ def main():
     Handler.carrier = carrier
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_port:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        tls_server = ThreadingHTTPServer(("127.0.0.1", args.tls_port), Handler)
+        tls_server.daemon_threads = True
+        tls_server.socket = ctx.wrap_socket(tls_server.socket, server_side=True)
+        threading.Thread(target=tls_server.serve_forever, kwargs={"poll_interval": 0.2},
+                         daemon=True).start()
     print("ready", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

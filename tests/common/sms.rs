@@ -135,6 +135,18 @@ impl Carrier {
         token: &str,
         twilio_token: &str,
     ) -> Carrier {
+        Self::start_with(port, style, webhook_base, token, twilio_token, &[]).await
+    }
+
+    /// As [`Carrier::start`], with extra arguments (e.g. `--tls-port`).
+    pub async fn start_with(
+        port: u16,
+        style: &str,
+        webhook_base: &str,
+        token: &str,
+        twilio_token: &str,
+        extra: &[String],
+    ) -> Carrier {
         let dir = std::env::temp_dir().join(format!("commhub-carrier-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("dir");
         let key_file = dir.join("telnyx.pub");
@@ -151,6 +163,7 @@ impl Carrier {
             }
             _ => {}
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -21,7 +21,37 @@ use super::SmsStats;
 use super::link::{LinkEvent, OutPart, Retry};
 use crate::config::SmsHttpConfig;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The TLS settings for https carriers: the public webpki roots plus `ca_file`.
+fn tls_config(cfg: &SmsHttpConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("sms.http.ca_file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("sms.http.ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("sms.http.ca_file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "sms.http.ca_file {} has no certificate",
+                path.display()
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
 
 /// Start the HTTP carrier link.
 pub fn spawn(
@@ -34,16 +64,23 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        conn.enforce_http(!cfg.base_url.starts_with("https://"));
+        conn.enforce_http(false);
+        let tls = match tls_config(&cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                // Checked at start too (Config::validate reads the file); keep the link down.
+                tracing::error!(error = %e, "sms: the carrier's TLS settings are unusable");
+                return;
+            }
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
-        if cfg.base_url.starts_with("https://") {
-            tracing::error!(
-                "sms: https carrier URLs need the TLS connector, which this build does not have yet; \
-                 use an http:// URL on a trusted network or a local TLS proxy"
-            );
-        }
+            .build(https);
         stats.bind_state_tx.store(2, Ordering::Relaxed);
         let _ = events
             .send(LinkEvent::BindState {

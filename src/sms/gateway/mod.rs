@@ -146,9 +146,9 @@ struct Inner {
     stats: Arc<SmsStats>,
     optouts: Mutex<HashSet<String>>,
     jobs: mpsc::UnboundedSender<OutMsg>,
-    /// Ids handed to the sender in this process (a repeated idempotency key while the
-    /// database cannot answer must not send twice).
-    submitted: Mutex<HashSet<Uuid>>,
+    /// Messages in the sender now (a repeated idempotency key while the database cannot
+    /// answer must not send twice); removed when final, so it stays as small as the queue.
+    pub(crate) submitted: Mutex<HashSet<Uuid>>,
     reassembler: Mutex<Reassembler>,
     storage_root: PathBuf,
     public_base: String,

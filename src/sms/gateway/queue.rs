@@ -48,6 +48,7 @@ impl Sender {
 
     /// Drop a message from memory (final).
     fn finish(&mut self, id: Uuid) {
+        super::lock(&self.gw.inner.submitted).remove(&id);
         if self.msgs.remove(&id).is_some() {
             self.gw
                 .inner
