@@ -138,6 +138,10 @@ pub struct SmppConfig {
     /// Reconnect backoff: first and longest delay.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// How receipt ids relate to the ids in submit_sm_resp: "same", or "hex_to_dec" /
+    /// "dec_to_hex" for SMSCs that answer in one base and report in the other (as Jasmin's
+    /// `dlr_msgid` connector option).
+    pub receipt_id: String,
 }
 
 impl Default for SmppConfig {
@@ -156,6 +160,7 @@ impl Default for SmppConfig {
             throttle_pause_ms: 1000,
             reconnect_min_ms: 1000,
             reconnect_max_ms: 60_000,
+            receipt_id: "same".into(),
         }
     }
 }
@@ -873,6 +878,12 @@ impl Config {
                     return bad(format!(
                         "SMPP_BIND (sms.smpp.bind) is `{}`; use transceiver or transmitter+receiver",
                         p.bind
+                    ));
+                }
+                if !matches!(p.receipt_id.as_str(), "same" | "hex_to_dec" | "dec_to_hex") {
+                    return bad(format!(
+                        "sms.smpp.receipt_id is `{}`; use same, hex_to_dec or dec_to_hex",
+                        p.receipt_id
                     ));
                 }
                 if !(1..=1000).contains(&p.window) {

@@ -366,3 +366,39 @@ async fn nothing_is_lost_when_the_smsc_crashes_or_commhub_restarts() {
     }
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_in_decimal_for_hex_answers_are_matched_with_receipt_id_hex_to_dec() {
+    let smsc = Smsc::start().await;
+    // Ids from 0x1000 up: hex and decimal spellings differ.
+    smsc.mode(json!({"receipt_id_format": "dec"}));
+    for _ in 0..2 {
+        let srv = server(|c| {
+            smpp_cfg(c, smsc.smpp_port);
+            c.sms.smpp.receipt_id = "hex_to_dec".into();
+        })
+        .await;
+        let base = srv.http_url();
+        wait_for("bound", Duration::from_secs(10), || {
+            metric(&base, "commhub_sms_bind_state_tx") == 2.0
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let (_, m) = sms_send(
+                &base,
+                &json!({"from": US, "to": THEM, "body": format!("n {i}")}),
+            );
+            ids.push(m["id"].as_str().unwrap().to_string());
+        }
+        for id in &ids {
+            wait_for(
+                "delivered from decimal receipts",
+                Duration::from_secs(10),
+                || status_of(&base, id) == "delivered",
+            )
+            .await;
+        }
+        srv.stop().await.unwrap();
+    }
+}

@@ -178,6 +178,32 @@ pub fn parse_text(text: &str) -> Result<Receipt, ReceiptError> {
     })
 }
 
+/// A receipt's message id in the form the submit's answer used. `mode` is
+/// `sms.smpp.receipt_id`: "hex_to_dec" when the SMSC answered in hex and reports in decimal
+/// (so the receipt's decimal id becomes hex, lowercase, no leading zeros), "dec_to_hex" the
+/// other way round, anything else leaves it. An id that does not parse is left as is.
+pub fn normalize_id(id: &str, mode: &str) -> String {
+    match mode {
+        "hex_to_dec" => id
+            .parse::<u128>()
+            .map(|n| format!("{n:x}"))
+            .unwrap_or_else(|_| id.to_string()),
+        "dec_to_hex" => u128::from_str_radix(id, 16)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| id.to_string()),
+        _ => id.to_string(),
+    }
+}
+
+/// The same id compared case-insensitively for hex (SMSCs differ in case).
+pub fn id_key(id: &str, mode: &str) -> String {
+    if mode == "hex_to_dec" {
+        id.to_ascii_lowercase().trim_start_matches('0').to_string()
+    } else {
+        id.to_string()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -232,5 +258,15 @@ mod tests {
         assert_eq!(advance(Blocked, Sent), None);
         assert_eq!(advance(Received, Delivered), None);
         assert!(Delivered.is_final() && Failed.is_final() && !Sent.is_final());
+    }
+
+    #[test]
+    fn receipt_ids_are_normalised_between_bases() {
+        // Answered "1a2b" (hex), reported 6699 (decimal).
+        assert_eq!(normalize_id("6699", "hex_to_dec"), "1a2b");
+        assert_eq!(normalize_id("1A2B", "dec_to_hex"), "6699");
+        assert_eq!(normalize_id("abc", "same"), "abc");
+        assert_eq!(normalize_id("not-a-number", "hex_to_dec"), "not-a-number");
+        assert_eq!(id_key("001A2B", "hex_to_dec"), "1a2b");
     }
 }

@@ -28,6 +28,7 @@ const mode = {
   receipt_stat: 'DELIVRD',
   receipt_err: '000',
   id_format: 'hex',
+  receipt_id_format: null,
   hold_receipts: 0,
   receipts_reversed: false,
   enroute_after: false,
@@ -178,7 +179,10 @@ function onSubmit(session, pdu) {
   }
   const n = nextId++;
   const id = mode.id_format === 'dec' ? String(n) : n.toString(16).toUpperCase();
-  const r = { id, origin: session, source: pdu.source_addr, destination: pdu.destination_addr };
+  // receipt_id_format 'dec' with id_format 'hex': answers in hex, receipts in decimal (as some
+  // SMSCs do; commhub's sms.smpp.receipt_id = "hex_to_dec").
+  const receiptId = mode.receipt_id_format === 'dec' ? String(n) : id;
+  const r = { id: receiptId, origin: session, source: pdu.source_addr, destination: pdu.destination_addr };
   const wantReceipt = (pdu.registered_delivery & 3) !== 0 && !mode.no_receipts;
   if (wantReceipt && mode.receipt_first) {
     queueReceipt(r);

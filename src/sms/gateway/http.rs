@@ -104,7 +104,7 @@ pub fn spawn(
                 (client.clone(), cfg.clone(), events.clone(), stats.clone());
             tokio::spawn(async move {
                 stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                let ev = submit(&client, &cfg, &part).await;
+                let ev = submit(&client, &cfg, &part, &stats).await;
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let _ = events.send(ev).await;
                 drop(permit);
@@ -254,7 +254,12 @@ pub fn classify_answer(
     ))
 }
 
-async fn submit(client: &HttpClient, cfg: &SmsHttpConfig, p: &OutPart) -> LinkEvent {
+async fn submit(
+    client: &HttpClient,
+    cfg: &SmsHttpConfig,
+    p: &OutPart,
+    stats: &SmsStats,
+) -> LinkEvent {
     let failed = |retry, code: String, error: String| LinkEvent::Failed {
         message_id: p.message_id,
         part: p.part,
@@ -305,18 +310,23 @@ async fn submit(client: &HttpClient, cfg: &SmsHttpConfig, p: &OutPart) -> LinkEv
                 ra.as_deref(),
                 &body[..body.len().min(65536)],
             ) {
-                Ok(id) => LinkEvent::Accepted {
-                    message_id: p.message_id,
-                    part: p.part,
-                    carrier_message_id: id,
-                },
+                Ok(id) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    LinkEvent::Accepted {
+                        message_id: p.message_id,
+                        part: p.part,
+                        carrier_message_id: id,
+                    }
+                }
                 Err((retry, code, error)) => {
+                    stats.submit_errors.fetch_add(1, Ordering::Relaxed);
                     let retry = if status == 429 {
                         Retry::Throttled
                     } else {
                         retry
                     };
                     if let Retry::Throttled = retry {
+                        stats.throttled.fetch_add(1, Ordering::Relaxed);
                         // Wait before the next request as the carrier asked (the sender
                         // puts the part back first in line).
                         let after = ra

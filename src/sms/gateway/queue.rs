@@ -80,8 +80,8 @@ impl Sender {
                 part,
                 carrier_message_id,
             } => {
-                let known = self.out.remove(&(message_id, part)).is_some();
-                stats.sent.fetch_add(1, Ordering::Relaxed);
+                // The link counts `sent` and `possible_duplicates`.
+                let _ = self.out.remove(&(message_id, part));
                 self.gw.inner.store.send(StoreOp::Sms(SmsOp::PartAccepted {
                     message_id,
                     part,
@@ -97,8 +97,6 @@ impl Sender {
                     if m.parts.is_empty() {
                         self.finish(message_id);
                     }
-                } else if !known {
-                    stats.possible_duplicates.fetch_add(1, Ordering::Relaxed);
                 }
             }
             LinkEvent::Failed {
@@ -118,18 +116,14 @@ impl Sender {
                 let now = Instant::now();
                 match retry {
                     Retry::Lost => self.schedule(now, message_id, part),
-                    Retry::Throttled => {
-                        stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        self.schedule(now, message_id, part);
-                    }
+                    // Counted by the link (commhub_sms_throttled_total).
+                    Retry::Throttled => self.schedule(now, message_id, part),
                     Retry::Permanent => {
-                        stats.submit_errors.fetch_add(1, Ordering::Relaxed);
                         let attempts = m.attempts + 1;
                         tracing::info!(message = %message_id, code, "sms: the carrier refused a message for good");
                         self.give_up(message_id, attempts, &code, &error);
                     }
                     Retry::Transient { after } => {
-                        stats.submit_errors.fetch_add(1, Ordering::Relaxed);
                         m.attempts += 1;
                         let attempts = m.attempts;
                         let cfg = &self.gw.inner.cfg;

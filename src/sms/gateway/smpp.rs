@@ -374,6 +374,9 @@ impl Link {
                             .possible_duplicates
                             .fetch_add(1, Ordering::Relaxed);
                     }
+                    // Receipts are matched on this id: keep it in one canonical form.
+                    let carrier_message_id =
+                        crate::sms::receipt::id_key(&carrier_message_id, &self.cfg.receipt_id);
                     let _ = self
                         .events
                         .send(LinkEvent::Accepted {
@@ -416,6 +419,11 @@ impl Link {
                 } => {
                     let (tx, rx) = oneshot::channel();
                     acks.push(Box::pin(async move { (seq, rx.await.unwrap_or(false)) }));
+                    let mode = &self.cfg.receipt_id;
+                    let carrier_message_id = crate::sms::receipt::id_key(
+                        &crate::sms::receipt::normalize_id(&carrier_message_id, mode),
+                        mode,
+                    );
                     let _ = self
                         .events
                         .send(LinkEvent::Receipt {

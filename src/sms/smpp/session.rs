@@ -13,7 +13,8 @@
 //! - enquire_link after `enquire_link` of silence (nothing received); unanswered for 10 s
 //!   closes; the SMSC's enquire_link and unbind are answered at once;
 //! - ESME_RTHROTTLED / ESME_RMSGQFUL pause submits for the throttle pause, doubling (up to
-//!   16 s) while throttling continues, reset by a success;
+//!   16 s) while throttling continues, reset by a success; each throttling pause also halves
+//!   the window in use, and each success grows it by one back to `window`;
 //! - a deliver_sm (receipt or inbound part) is answered only when the gateway acks it: ESME_ROK
 //!   when stored, ESME_RX_T_APPN (temporary) when not;
 //! - a frame that does not decode is answered `generic_nack` (when it is a request).
@@ -183,14 +184,22 @@ pub struct Session {
     paused_until: Option<Instant>,
     /// The next throttling pause.
     pause: Duration,
+    /// The window in use: halved by each throttling answer, grown by one per success up to
+    /// `window` (so a throttling SMSC is met near its rate instead of with full windows).
+    cwnd: usize,
     /// deliver_sm sequence numbers waiting for the gateway's ack.
     unacked: HashSet<u32>,
     out: VecDeque<Output>,
 }
 
+fn settings_window(s: &Settings) -> usize {
+    s.window.max(1)
+}
+
 impl Session {
     pub fn new(settings: Settings, now: Instant) -> Session {
         let pause = settings.throttle_pause;
+        let cwnd = settings_window(&settings);
         Session {
             s: settings,
             state: State::Connecting,
@@ -204,6 +213,7 @@ impl Session {
             enquire: None,
             paused_until: None,
             pause,
+            cwnd,
             unacked: HashSet::new(),
             out: VecDeque::new(),
         }
@@ -227,7 +237,7 @@ impl Session {
     pub fn can_submit(&self, now: Instant) -> bool {
         self.state == State::Bound
             && self.s.role.sends()
-            && self.in_flight.len() < self.s.window
+            && self.in_flight.len() < self.cwnd.min(self.s.window)
             && self.paused_until.is_none_or(|p| now >= p)
     }
 
@@ -487,6 +497,7 @@ impl Session {
             self.state = State::Bound;
             self.pause = self.s.throttle_pause;
             self.paused_until = None;
+            self.cwnd = settings_window(&self.s);
             self.out.push_back(Output::Bound);
         } else {
             self.out.push_back(Output::BindRefused {
@@ -514,6 +525,7 @@ impl Session {
         let (retry, error) = match class {
             StatusClass::Ok => {
                 self.pause = self.s.throttle_pause;
+                self.cwnd = (self.cwnd + 1).min(settings_window(&self.s));
                 self.out.push_back(Output::Accepted {
                     message_id: f.message_id,
                     part: f.part,
@@ -527,6 +539,7 @@ impl Session {
                 if self.paused_until.is_none_or(|p| now >= p) {
                     self.paused_until = Some(now + self.pause);
                     self.pause = (self.pause * 2).min(self.s.throttle_max);
+                    self.cwnd = (self.cwnd / 2).max(1);
                 }
                 (Retry::Throttled, "the SMSC is throttling")
             }
@@ -1033,14 +1046,19 @@ mod tests {
             t += Duration::from_secs(p);
             assert!(s.can_submit(t), "pause {p}");
         }
+        // The window is down to 1 now; a success grows it to 2 (and resets the pause to 1 s).
+        let ok = submit(&mut s, 9, t);
+        s.frame(resp(ok, CommandStatus::EsmeRok, "ok"), t);
+        drain(&mut s);
         // An answer to a submit sent before the pause does not double it.
         let a = submit(&mut s, 1, t);
         let b = submit(&mut s, 2, t);
         s.frame(resp(a, CommandStatus::EsmeRmsgqful, ""), t);
         s.frame(resp(b, CommandStatus::EsmeRthrottled, ""), t);
         drain(&mut s);
-        assert!(s.can_submit(t + Duration::from_secs(16)));
-        t += Duration::from_secs(16);
+        assert!(!s.can_submit(t + sec - Duration::from_millis(1)));
+        assert!(s.can_submit(t + sec), "paused 1 s, not doubled by the second answer");
+        t += sec;
         // A success resets it.
         let seq = submit(&mut s, 3, t);
         s.frame(resp(seq, CommandStatus::EsmeRok, "ok"), t);
@@ -1226,5 +1244,39 @@ mod tests {
         assert_eq!(ids, (1..=3).map(Uuid::from_u128).collect::<Vec<_>>());
         assert_eq!(s.in_flight(), 0);
         assert_eq!(s.next_timeout(), None);
+    }
+
+    #[test]
+    fn throttling_halves_the_window_and_successes_grow_it_back() {
+        let t0 = Instant::now();
+        let mut s = bound(8, t0);
+        let mut seqs: Vec<u32> = (0..8).map(|_| submit(&mut s, 1, t0)).collect();
+        assert!(!s.can_submit(t0));
+        // One throttled answer: pause, and the window is 4.
+        let first = seqs.remove(0);
+        s.frame(resp(first, CommandStatus::EsmeRthrottled, ""), t0);
+        drain(&mut s);
+        for q in seqs.drain(..) {
+            s.frame(resp(q, CommandStatus::EsmeRok, "x"), t0);
+        }
+        drain(&mut s);
+        let after = t0 + Duration::from_secs(2);
+        let mut n = 0;
+        while s.can_submit(after) {
+            submit(&mut s, 1, after);
+            n += 1;
+        }
+        // Seven successes after the halving grew it back to the full 8.
+        assert_eq!(n, 8);
+        let mut s = bound(8, t0);
+        let q = submit(&mut s, 1, t0);
+        s.frame(resp(q, CommandStatus::EsmeRthrottled, ""), t0);
+        drain(&mut s);
+        let mut n = 0;
+        while s.can_submit(after) {
+            submit(&mut s, 1, after);
+            n += 1;
+        }
+        assert_eq!(n, 4, "halved");
     }
 }
