@@ -62,4 +62,5 @@ r = json.load(open(sys.argv[1]))
 r["commhub_cpu_cores"] = float(sys.argv[2]); r["db"] = sys.argv[3]; r["window"] = int(sys.argv[4])
 print(json.dumps(r))
 PY
-grep -c . "$work/server.log" | xargs -I{} echo "server log lines: {}" >&2
+echo "server log (warnings and errors): $(grep -c . "$work/server.log") lines" >&2
+head -5 "$work/server.log" >&2

@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
                 let next = rx.lock().await.recv().await;
                 let Some((n, due)) = next else { return };
                 let body = format!(
-                    "{{\"from\":\"+15550001111\",\"to\":\"+1555{:07}\",\"body\":\"{n} {text}\"}}",
+                    "{{\"from\":\"+15550001111\",\"to\":\"+1666{:07}\",\"body\":\"{n} {text}\"}}",
                     n % 10_000_000
                 );
                 match c
@@ -177,8 +177,16 @@ async fn main() -> anyhow::Result<()> {
                             l.push(ms);
                         }
                     }
-                    _ => {
+                    Ok((status, body)) => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "sms_load: {status} {}",
+                            String::from_utf8_lossy(&body[..body.len().min(200)])
+                        );
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("sms_load: {e}");
                     }
                 }
             }
