@@ -788,6 +788,47 @@ async fn migrate_command_creates_the_schema_on_both_backends() {
 /// The store task on SQLite: writes land in order; one the database refuses for good is
 /// answered `Rejected` and kept in the rejected file (nothing vanishes), and the task goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_refused_write_keeps_the_others() {
+    use commhub::store::writer::{Durable, spawn};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let mut cfg = test_config();
+        use_backend(&mut cfg, backend).await;
+        let store = Store::open(&cfg.database).await.expect("open");
+        let (h, _task) = spawn(
+            store.clone(),
+            cfg.database.outbox_path.clone(),
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+        )
+        .expect("spawn");
+        // Handed over at once, so the task commits them in groups; number 20 breaks a CHECK.
+        let mut calls = Vec::new();
+        let mut acks = Vec::new();
+        for i in 0..50 {
+            let mut c = call_row(micros(Utc::now()));
+            if i == 20 {
+                c.to_number = Some("not-a-number".into());
+            }
+            acks.push(h.send_durable(StoreOp::CreateCall(c.clone())));
+            calls.push(c);
+        }
+        for (i, (a, c)) in acks.into_iter().zip(&calls).enumerate() {
+            let d = a.await.expect("answer");
+            let want = if i == 20 {
+                Durable::Rejected
+            } else {
+                Durable::Written
+            };
+            assert_eq!(d, want, "{backend:?} op {i}");
+            let row = store.call(&c.id).await.expect("read");
+            assert_eq!(row.is_some(), i != 20, "{backend:?} op {i}");
+        }
+        assert!(h.stats.written.load(std::sync::atomic::Ordering::Relaxed) >= 49);
+        assert_eq!(h.close().await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_task_keeps_refused_writes_and_goes_on() {
     use commhub::store::writer::{Durable, spawn};
     let cfg = test_config();

@@ -78,6 +78,52 @@ macro_rules! with_db {
     };
 }
 
+/// A connection (or a transaction's connection) of either backend: writes run on one, so a
+/// batch of them can share a transaction.
+pub enum ConnRef<'a> {
+    Pg(&'a mut sqlx::PgConnection),
+    Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+pub(crate) fn wrap_pg(c: &mut sqlx::PgConnection) -> ConnRef<'_> {
+    ConnRef::Pg(c)
+}
+
+pub(crate) fn wrap_sqlite(c: &mut sqlx::SqliteConnection) -> ConnRef<'_> {
+    ConnRef::Sqlite(c)
+}
+
+/// As `with_db!`, on a [`ConnRef`]: `$pool` is the `&mut` connection (use it once per path),
+/// `$wrap` turns a reborrow of it back into a `ConnRef`.
+macro_rules! on_conn {
+    ($conn:expr, |$pool:ident, $pg:ident, $id:ident, $ts:ident, $wrap:ident| $body:expr) => {
+        match $conn {
+            ConnRef::Pg($pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                #[allow(unused_variables)]
+                let $id = |u: &Uuid| *u;
+                #[allow(unused_variables)]
+                let $ts = |t: &DateTime<Utc>| *t;
+                #[allow(unused_variables)]
+                let $wrap = $crate::store::wrap_pg;
+                $body
+            }
+            ConnRef::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                #[allow(unused_variables)]
+                let $id = |u: &Uuid| u.hyphenated().to_string();
+                #[allow(unused_variables)]
+                let $ts = |t: &DateTime<Utc>| ts_text(t);
+                #[allow(unused_variables)]
+                let $wrap = $crate::store::wrap_sqlite;
+                $body
+            }
+        }
+    };
+}
+
 /// Reading ids and times from either backend's rows.
 pub trait RowExt: Row {
     fn id(&self, c: &str) -> Result<Uuid, sqlx::Error>;
@@ -410,10 +456,48 @@ impl Store {
 
     /// Apply one write.
     pub async fn apply(&self, op: &StoreOp) -> Result<(), sqlx::Error> {
-        if let StoreOp::Sms(op) = op {
-            return self.apply_sms(op).await;
+        match &self.db {
+            Db::Pg(p) => {
+                let mut c = p.acquire().await?;
+                self.apply_on(ConnRef::Pg(&mut c), op).await
+            }
+            Db::Sqlite(p) => {
+                let mut c = p.acquire().await?;
+                self.apply_on(ConnRef::Sqlite(&mut c), op).await
+            }
         }
-        with_db!(self, |pool, pg, id, ts| {
+    }
+
+    /// Apply several writes, in order, in one transaction (all or none): the store task's
+    /// group commit, one fsync for many ops.
+    pub async fn apply_batch(&self, ops: &[StoreOp]) -> Result<(), sqlx::Error> {
+        use sqlx::Connection;
+        match &self.db {
+            Db::Pg(p) => {
+                let mut c = p.acquire().await?;
+                let mut tx = c.begin().await?;
+                for op in ops {
+                    self.apply_on(ConnRef::Pg(&mut tx), op).await?;
+                }
+                tx.commit().await
+            }
+            Db::Sqlite(p) => {
+                let mut c = p.acquire().await?;
+                let mut tx = c.begin().await?;
+                for op in ops {
+                    self.apply_on(ConnRef::Sqlite(&mut tx), op).await?;
+                }
+                tx.commit().await
+            }
+        }
+    }
+
+    /// Apply one write on a connection (which may be inside a transaction).
+    pub async fn apply_on(&self, conn: ConnRef<'_>, op: &StoreOp) -> Result<(), sqlx::Error> {
+        if let StoreOp::Sms(op) = op {
+            return Box::pin(self.apply_sms(conn, op)).await;
+        }
+        on_conn!(conn, |pool, pg, id, ts, wrap| {
             match op {
                 StoreOp::CreateCall(c) => {
                     sqlx::query(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Db, RowExt, Store, StoreOp, ts_text};
+use super::{ConnRef, Db, RowExt, Store, StoreOp, ts_text};
 
 /// A message as stored and as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -293,11 +293,13 @@ where
     })
 }
 
-/// Run `$body` inside one transaction `$tx` of the backend, with `$id`/`$ts` as in `with_db!`.
+/// Run `$body` inside one transaction `$tx` on the connection (a savepoint when the connection
+/// is in a transaction already), with `$id`/`$ts`/`$wrap` as in `on_conn!`.
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident, $pg:ident, $id:ident, $ts:ident| $body:block) => {
-        with_db!($store, |pool, $pg, $id, $ts| {
-            let mut $tx = pool.begin().await?;
+    ($conn:expr, |$tx:ident, $pg:ident, $id:ident, $ts:ident, $wrap:ident| $body:block) => {
+        on_conn!($conn, |conn, $pg, $id, $ts, $wrap| {
+            use sqlx::Connection;
+            let mut $tx = conn.begin().await?;
             $body
             $tx.commit().await?;
             Ok(())
@@ -344,8 +346,8 @@ macro_rules! recompute {
 
 impl Store {
     /// Apply one SMS write (in one transaction).
-    pub(super) async fn apply_sms(&self, op: &SmsOp) -> Result<(), sqlx::Error> {
-        in_tx!(self, |tx, pg, id, ts| {
+    pub(super) async fn apply_sms(&self, conn: ConnRef<'_>, op: &SmsOp) -> Result<(), sqlx::Error> {
+        in_tx!(conn, |tx, pg, id, ts, wrap| {
             match op {
                 SmsOp::Insert {
                     message: m,
@@ -629,11 +631,14 @@ impl Store {
                     reference,
                     total,
                 } => {
-                    Box::pin(self.apply_sms(&SmsOp::Insert {
-                        message: message.clone(),
-                        parts: 0,
-                        media: Vec::new(),
-                    }))
+                    Box::pin(self.apply_sms(
+                        wrap(&mut tx),
+                        &SmsOp::Insert {
+                            message: message.clone(),
+                            parts: 0,
+                            media: Vec::new(),
+                        },
+                    ))
                     .await?;
                     sqlx::query(
                         "DELETE FROM sms_inbound_parts WHERE from_number = $1 AND to_number = $2 \

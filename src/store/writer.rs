@@ -1,4 +1,5 @@
-//! The store task: applies [`StoreOp`]s in the order they were handed over. When the database
+//! The store task: applies [`StoreOp`]s in the order they were handed over, the ops waiting at
+//! once in one transaction (group commit: one fsync for many). When the database
 //! is unreachable the op goes to the [`Outbox`] (fsynced) instead, and every later op queues
 //! behind it so the order holds; the outbox is retried every `retry_interval_ms` and emptied,
 //! in order, when the database is back. Ops the database refuses for good (a constraint) are
@@ -103,6 +104,9 @@ impl StoreHandle {
     }
 }
 
+/// Most ops applied in one transaction.
+const MAX_BATCH: usize = 256;
+
 struct Writer {
     store: Store,
     outbox: Outbox,
@@ -147,40 +151,58 @@ pub fn spawn(
         let mut tick = tokio::time::interval(retry);
         // After a slow failed retry, wait a whole interval before the next.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A message taken while gathering a batch, handled next.
+        let mut held: Option<Msg> = None;
         loop {
-            tokio::select! {
-                // Handing over comes first: while the database is down it only appends to
-                // the outbox; a retry may wait out a connection timeout.
-                biased;
-                m = rx.recv() => match m {
-                    None => break,
-                    Some(Msg::Op(op, ack)) => {
-                        let d = w.handle(*op).await;
-                        if let Some(a) = ack {
-                            let _ = a.send(d);
-                        }
-                    }
-                    Some(Msg::Flush(ack)) => {
+            let next = match held.take() {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    // Handing over comes first: while the database is down it only appends
+                    // to the outbox; a retry may wait out a connection timeout.
+                    biased;
+                    m = rx.recv() => m,
+                    _ = tick.tick(), if !w.outbox.is_empty() => {
                         w.drain().await;
-                        let _ = ack.send(w.outbox.len());
-                    }
-                    Some(Msg::Close(ack)) => {
-                        // Ops sent before the close still count.
-                        while let Ok(m) = rx.try_recv() {
-                            if let Msg::Op(op, a) = m {
-                                let d = w.handle(*op).await;
-                                if let Some(a) = a {
-                                    let _ = a.send(d);
-                                }
-                            }
-                        }
-                        w.drain().await;
-                        let _ = ack.send(w.outbox.len());
-                        closed = true;
-                        break;
+                        continue;
                     }
                 },
-                _ = tick.tick(), if !w.outbox.is_empty() => w.drain().await,
+            };
+            match next {
+                None => break,
+                Some(Msg::Op(op, ack)) => {
+                    // Group commit: the ops already waiting go in one transaction.
+                    let mut batch = vec![(*op, ack)];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Msg::Op(op, ack)) => batch.push((*op, ack)),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    w.handle_batch(batch).await;
+                }
+                Some(Msg::Flush(ack)) => {
+                    w.drain().await;
+                    let _ = ack.send(w.outbox.len());
+                }
+                Some(Msg::Close(ack)) => {
+                    // Ops sent before the close still count.
+                    while let Ok(m) = rx.try_recv() {
+                        if let Msg::Op(op, a) = m {
+                            let d = w.handle(*op).await;
+                            if let Some(a) = a {
+                                let _ = a.send(d);
+                            }
+                        }
+                    }
+                    w.drain().await;
+                    let _ = ack.send(w.outbox.len());
+                    closed = true;
+                    break;
+                }
             }
         }
         if !closed {
@@ -244,6 +266,49 @@ impl Writer {
         );
         outbox::reject(&self.outbox_path, op, error);
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Several ops waiting at once: one transaction for all (one commit, one fsync). If the
+    /// database refuses the batch for good, each op is tried alone so only the bad one is
+    /// rejected; if it is unreachable, they all go to the outbox, in order.
+    async fn handle_batch(&mut self, batch: Vec<(StoreOp, Option<oneshot::Sender<Durable>>)>) {
+        if batch.len() == 1 || !self.outbox.is_empty() {
+            for (op, ack) in batch {
+                let d = self.handle(op).await;
+                if let Some(a) = ack {
+                    let _ = a.send(d);
+                }
+            }
+            return;
+        }
+        let ops: Vec<StoreOp> = batch.iter().map(|(op, _)| op.clone()).collect();
+        let r = match tokio::time::timeout(self.op_timeout, self.store.apply_batch(&ops)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(is_transient(&e)),
+            Err(_) => Err(true),
+        };
+        match r {
+            Ok(()) => {
+                self.stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (_, ack) in batch {
+                    if let Some(a) = ack {
+                        let _ = a.send(Durable::Written);
+                    }
+                }
+            }
+            // One by one: the unreachable case queues them all through `handle` (after the
+            // first, the outbox is not empty, so the rest follow it in order).
+            Err(_) => {
+                for (op, ack) in batch {
+                    let d = self.handle(op).await;
+                    if let Some(a) = ack {
+                        let _ = a.send(d);
+                    }
+                }
+            }
+        }
     }
 
     async fn handle(&mut self, op: StoreOp) -> Durable {

@@ -1057,7 +1057,10 @@ mod tests {
         s.frame(resp(b, CommandStatus::EsmeRthrottled, ""), t);
         drain(&mut s);
         assert!(!s.can_submit(t + sec - Duration::from_millis(1)));
-        assert!(s.can_submit(t + sec), "paused 1 s, not doubled by the second answer");
+        assert!(
+            s.can_submit(t + sec),
+            "paused 1 s, not doubled by the second answer"
+        );
         t += sec;
         // A success resets it.
         let seq = submit(&mut s, 3, t);
