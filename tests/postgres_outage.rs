@@ -465,3 +465,99 @@ async fn writes_queued_during_an_outage_survive_a_restart() {
     srv.stop().await.expect("stop");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// SMS while PostgreSQL is down: sends are answered from the outbox and go out, an inbound
+/// STOP is stored and acted on, receipts wait in the outbox too; once the database is back
+/// every row is there once, in its final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_goes_on_while_postgres_is_down_and_every_row_lands_once() {
+    use common::sms::{Smsc, metric as sms_metric, sms_send, wait_for};
+    let pg = Cluster::new();
+    let smsc = Smsc::start().await;
+    let root = std::env::temp_dir().join(format!("commhub-sms-outage-{}", rand::random::<u32>()));
+    let srv = server({
+        let (url, root, port) = (pg.url(), root.clone(), smsc.smpp_port);
+        move |c: &mut commhub::config::Config| {
+            c.database.url = url;
+            c.database.connect_timeout_secs = 2;
+            c.database.retry_interval_ms = 500;
+            c.database.outbox_path = root.join("outbox.jsonl");
+            c.recording.storage_root = root;
+            c.auth.enabled = true;
+            c.auth.api_keys = vec![API_KEY.into()];
+            c.sms.mode = commhub::config::SmsMode::Smpp;
+            c.sms.smpp.port = port;
+            c.sms.smpp.system_id = "commhub".into();
+            c.sms.smpp.password = "pw".into();
+        }
+    })
+    .await;
+    let base = srv.http_url();
+    wait_for("bound", Duration::from_secs(10), || {
+        sms_metric(&base, "commhub_sms_bind_state_tx") == 2.0
+    })
+    .await;
+    pg.stop();
+    let (us, them) = ("+15550001111", "+15550003333");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let (st, m) = sms_send(
+            &base,
+            &json!({"from": us, "to": them, "body": format!("outage {i}")}),
+        );
+        assert_eq!((st, m["status"].as_str()), (201, Some("queued")), "{m}");
+        // The first write finds the database gone (after database.connect_timeout_secs, 2 s
+        // here); the rest go straight to the outbox behind it.
+        let limit = Duration::from_secs(if i == 0 { 5 } else { 1 });
+        assert!(
+            t.elapsed() < limit,
+            "send {i} answered in {:?}",
+            t.elapsed()
+        );
+        ids.push(m["id"].as_str().expect("id").to_string());
+    }
+    // They reach the SMSC while the database is down.
+    wait_for("sent during the outage", Duration::from_secs(10), || {
+        smsc.messages()
+            .iter()
+            .filter(|m| m["text"].as_str().unwrap_or("").starts_with("outage "))
+            .count()
+            == 5
+    })
+    .await;
+    // An inbound STOP: stored (outbox) before the SMSC's answer, and acted on.
+    let r = smsc.mo(json!({"from": them, "to": us, "text": "STOP"}));
+    assert_eq!(r["acked"], 1, "{r}");
+    wait_for("the STOP confirmation", Duration::from_secs(10), || {
+        smsc.messages()
+            .iter()
+            .any(|m| m["text"].as_str().unwrap_or("").contains("unsubscribed"))
+    })
+    .await;
+    let (st, m) = sms_send(
+        &base,
+        &json!({"from": us, "to": them, "body": "after stop"}),
+    );
+    assert_eq!((st, m["status"].as_str()), (201, Some("blocked")), "{m}");
+    assert!(sms_metric(&base, "commhub_store_outbox_pending") > 0.0);
+
+    pg.start();
+    wait_for("the outbox written", Duration::from_secs(30), || {
+        sms_metric(&base, "commhub_store_outbox_pending") == 0.0
+    })
+    .await;
+    for id in &ids {
+        let (st, m) = api_get(&format!("{base}/api/v1/sms/messages/{id}"));
+        assert_eq!((st, m["status"].as_str()), (200, Some("delivered")), "{m}");
+    }
+    let (_, all) = api_get(&format!("{base}/api/v1/sms/messages?limit=100"));
+    // 5 sends, the STOP, its confirmation, the blocked send.
+    assert_eq!(all["total"], 8, "{all}");
+    let (_, conv) = api_get(&format!(
+        "{base}/api/v1/sms/conversations?number={}",
+        them.replace('+', "%2B")
+    ));
+    assert_eq!(conv["conversations"][0]["opted_out"], true, "{conv}");
+    srv.stop().await.expect("stop");
+}

@@ -153,16 +153,35 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A message taken while gathering a batch, handled next.
         let mut held: Option<Msg> = None;
+        // While the outbox waits, each retry first asks the database in a task of its own, so
+        // ops handed over meanwhile are queued at once instead of waiting out a connection
+        // timeout; the outbox is written only once the database answers.
+        let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let next = match held.take() {
                 Some(m) => Some(m),
                 None => tokio::select! {
                     // Handing over comes first: while the database is down it only appends
-                    // to the outbox; a retry may wait out a connection timeout.
+                    // to the outbox.
                     biased;
                     m = rx.recv() => m,
-                    _ = tick.tick(), if !w.outbox.is_empty() => {
-                        w.drain().await;
+                    up = async {
+                        match probe.as_mut() {
+                            Some(p) => p.await.unwrap_or(false),
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        probe = None;
+                        if up {
+                            w.drain().await;
+                        }
+                        continue;
+                    }
+                    _ = tick.tick(), if !w.outbox.is_empty() && probe.is_none() => {
+                        let (store, limit) = (w.store.clone(), w.op_timeout);
+                        probe = Some(tokio::spawn(async move {
+                            matches!(tokio::time::timeout(limit, store.ping()).await, Ok(Ok(())))
+                        }));
                         continue;
                     }
                 },
@@ -284,8 +303,8 @@ impl Writer {
         let ops: Vec<StoreOp> = batch.iter().map(|(op, _)| op.clone()).collect();
         let r = match tokio::time::timeout(self.op_timeout, self.store.apply_batch(&ops)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(is_transient(&e)),
-            Err(_) => Err(true),
+            Ok(Err(e)) => Err((is_transient(&e), e.to_string())),
+            Err(_) => Err((true, "timed out".to_string())),
         };
         match r {
             Ok(()) => {
@@ -298,9 +317,20 @@ impl Writer {
                     }
                 }
             }
-            // One by one: the unreachable case queues them all through `handle` (after the
-            // first, the outbox is not empty, so the rest follow it in order).
-            Err(_) => {
+            // Unreachable: all of them to the outbox, in order, without trying again.
+            Err((true, e)) => {
+                if self.stats.degraded.swap(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "database unreachable; writes go to the local outbox");
+                }
+                for (op, ack) in batch {
+                    let d = self.queue(op);
+                    if let Some(a) = ack {
+                        let _ = a.send(d);
+                    }
+                }
+            }
+            // Refused: one by one, so only the bad op is rejected.
+            Err((false, _)) => {
                 for (op, ack) in batch {
                     let d = self.handle(op).await;
                     if let Some(a) = ack {
