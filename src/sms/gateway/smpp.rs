@@ -348,12 +348,7 @@ impl Link {
                 }
                 Output::Bound => {
                     *bound_at = Some(Instant::now());
-                    tracing::info!(
-                        role = self.role.as_str(),
-                        host = %self.cfg.host,
-                        port = self.cfg.port,
-                        "SMPP bound"
-                    );
+                    tracing::info!(role = self.role.as_str(), "SMPP bound");
                     self.problem = None;
                     self.set_state(2).await;
                 }
