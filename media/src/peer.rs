@@ -186,6 +186,11 @@ impl PeerFactory {
                 Some(Duration::from_secs(2)),
             )
             .with_include_loopback_candidate(self.cfg.bind_ip.is_loopback())
+            // A client behind NAT (and every client of a server-controlled subscribe
+            // connection) is first known by the address of its own check: a peer-reflexive
+            // candidate. rtc-ice waits 1 s by default before nominating one; that wait was most
+            // of a join (docs/join-latency-notes.md). `Some(0)`: `None` means the default.
+            .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_lite(self.cfg.ice_lite);
         if !self.cfg.announced_ips.is_empty() {
             settings = settings
