@@ -618,34 +618,8 @@ impl Sms {
             ),
             None => Uuid::new_v4(),
         };
-        let now = Utc::now();
-        let row = SmsMessage {
-            id,
-            conversation_id: conversation_id(&m.to, &m.from),
-            direction: "inbound".into(),
-            from_number: m.from.clone(),
-            to_number: m.to.clone(),
-            body: m.text.clone(),
-            status: "received".into(),
-            carrier_message_id: m.carrier_message_id.clone(),
-            error: None,
-            error_code: None,
-            segments: 1,
-            encoding: Some(
-                crate::sms::encoding::encoding_of(&m.text)
-                    .as_str()
-                    .to_string(),
-            ),
-            carrier: Some(self.inner.carrier.to_string()),
-            origin: "carrier".into(),
-            idempotency_key: None,
-            ten_dlc_brand_id: None,
-            ten_dlc_campaign_id: None,
-            concat_ref: None,
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-        };
+        let encoding = crate::sms::encoding::encoding_of(&m.text).as_str();
+        let row = self.inbound_row(id, &m, encoding, 1);
         if m.carrier_message_id.is_some()
             && matches!(self.inner.store.store.sms_exists(&id).await, Ok(true))
         {
@@ -775,6 +749,34 @@ impl Sms {
         Ok(())
     }
 
+    /// The row of a whole inbound message.
+    fn inbound_row(&self, id: Uuid, m: &Inbound, encoding: &str, segments: i32) -> SmsMessage {
+        let now = Utc::now();
+        SmsMessage {
+            id,
+            conversation_id: conversation_id(&m.to, &m.from),
+            direction: "inbound".into(),
+            from_number: m.from.clone(),
+            to_number: m.to.clone(),
+            body: m.text.clone(),
+            status: "received".into(),
+            carrier_message_id: m.carrier_message_id.clone(),
+            error: None,
+            error_code: None,
+            segments,
+            encoding: Some(encoding.to_string()),
+            carrier: Some(self.inner.carrier.to_string()),
+            origin: "carrier".into(),
+            idempotency_key: None,
+            ten_dlc_brand_id: None,
+            ten_dlc_campaign_id: None,
+            concat_ref: None,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// An inbound SMPP part: single parts become messages; parts of a multipart message are
     /// stored until the message is whole.
     async fn inbound_part(&self, p: InboundPart) -> Result<(), SmsError> {
@@ -817,31 +819,14 @@ impl Sms {
             return Err(SmsError::Store);
         }
         if let Some((data, dc)) = self.add_part_memory(&row, Instant::now()) {
-            let now = Utc::now();
-            let text = decode(dc, &data);
-            let msg = SmsMessage {
-                id: Uuid::new_v4(),
-                conversation_id: conversation_id(&p.to, &p.from),
-                direction: "inbound".into(),
-                from_number: p.from,
-                to_number: p.to,
-                encoding: Some(if dc == 8 { "ucs2" } else { "gsm7" }.into()),
-                body: text,
-                status: "received".into(),
+            let m = Inbound {
+                from: p.from,
+                to: p.to,
+                text: decode(dc, &data),
                 carrier_message_id: None,
-                error: None,
-                error_code: None,
-                segments: i32::from(c.total),
-                carrier: Some(self.inner.carrier.to_string()),
-                origin: "carrier".into(),
-                idempotency_key: None,
-                ten_dlc_brand_id: None,
-                ten_dlc_campaign_id: None,
-                concat_ref: None,
-                attempts: 0,
-                created_at: now,
-                updated_at: now,
             };
+            let encoding = if dc == 8 { "ucs2" } else { "gsm7" };
+            let msg = self.inbound_row(Uuid::new_v4(), &m, encoding, i32::from(c.total));
             self.store_inbound(msg, Some((i32::from(c.reference), i32::from(c.total))))
                 .await?;
         }
