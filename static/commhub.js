@@ -208,6 +208,9 @@ export class CommhubClient extends EventTarget {
     }
     if (this._connecting) return this._connecting;
     this.state = 'connecting';
+    this._connectStartedAt = performance.now();
+    this._firstPacketMs = new Map();
+    this._timeline = [];
     this._connecting = new Promise((resolve, reject) => {
       let ws;
       try {
@@ -329,6 +332,7 @@ export class CommhubClient extends EventTarget {
 
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
+    this._mark('publish_offer_sent');
     const answer = await this._request({ type: 'publish', sdp: pc.localDescription.sdp });
     if (pc !== this.publishPc) throw new CommhubError('closed', 'publish connection was replaced or closed');
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
@@ -391,6 +395,49 @@ export class CommhubClient extends EventTarget {
    */
   async inboundAudioStats() {
     return this._rtpStats('subscribe', 'inbound-rtp');
+  }
+
+  /**
+   * Milliseconds from opening the WebSocket to the first RTP packet of each remote
+   * participant's track (the track's first `unmute`), by participant id.
+   * @returns {Object<string, number>}
+   */
+  firstPacketTimes() {
+    return Object.fromEntries(this._firstPacketMs || []);
+  }
+
+  /**
+   * What happened during the join and when: `[[event, ms after opening the WebSocket], ...]`
+   * (messages from the server, offers and answers sent, connection states, first packets).
+   * @returns {Array<[string, number]>}
+   */
+  timeline() {
+    return (this._timeline || []).slice();
+  }
+
+  _mark(event) {
+    if (!this._timeline || this._timeline.length >= 64) return;
+    this._timeline.push([event, Math.round(performance.now() - this._connectStartedAt)]);
+  }
+
+  /**
+   * The DTLS/SRTP parameters each connection negotiated, from its `transport` stats:
+   * `{publish: {srtpCipher, dtlsCipher, dtlsRole, tlsVersion}, subscribe: {...}}`.
+   * @returns {Promise<object>}
+   */
+  async transportInfo() {
+    const out = {};
+    for (const target of ['publish', 'subscribe']) {
+      const report = await this.getStats(target);
+      if (!report) continue;
+      report.forEach((s) => {
+        if (s.type !== 'transport') return;
+        out[target] = {
+          srtpCipher: s.srtpCipher, dtlsCipher: s.dtlsCipher, dtlsRole: s.dtlsRole, tlsVersion: s.tlsVersion,
+        };
+      });
+    }
+    return out;
   }
 
   /**
@@ -507,6 +554,7 @@ export class CommhubClient extends EventTarget {
   }
 
   _handle(msg) {
+    if (['welcome', 'joined', 'publish_answer', 'subscribe_offer'].includes(msg.type)) this._mark(msg.type);
     switch (msg.type) {
       case 'welcome':
         this.welcome = msg;
@@ -635,6 +683,7 @@ export class CommhubClient extends EventTarget {
     if (pc !== this.subscribePc) return;
     this.subscribeRevision = msg.revision;
     this._send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp, revision: msg.revision });
+    this._mark('subscribe_answer_sent');
 
     // Participants whose tracks are no longer offered.
     const offered = new Set(this._offeredTracks.map((t) => t.participant_id));
@@ -657,6 +706,16 @@ export class CommhubClient extends EventTarget {
     if (!stream) stream = new MediaStream([track]);
     this._trackOwner.set(track.id, participantId);
     this.remoteStreams.set(participantId, stream);
+    // A remote track is muted until its first RTP packet arrives: that moment, counted from
+    // opening the WebSocket, is this participant's join latency for that sender.
+    const firstPacket = () => {
+      if (this._firstPacketMs && !this._firstPacketMs.has(participantId)) {
+        this._firstPacketMs.set(participantId, performance.now() - this._connectStartedAt);
+        this._mark(`first_packet ${participantId}`);
+      }
+    };
+    if (track.muted) track.addEventListener('unmute', firstPacket, { once: true });
+    else firstPacket();
     track.addEventListener('ended', () => {
       if (this.remoteStreams.get(participantId) === stream && stream.getTracks().every((t) => t.readyState === 'ended')) {
         this._dropRemote(participantId);
@@ -714,6 +773,7 @@ export class CommhubClient extends EventTarget {
 
   _watchState(pc, target) {
     pc.addEventListener('connectionstatechange', () => {
+      this._mark(`${target}_${pc.connectionState}`);
       this._emit('connection_state', { target, state: pc.connectionState });
     });
   }

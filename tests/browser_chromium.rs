@@ -107,7 +107,27 @@ async fn two_chromium_browsers_hear_each_other_on_the_demo_page() {
         assert_eq!(seen.len(), 3, "A, B and the system source: {p}");
         assert!(seen.iter().any(|x| x["role"] == "system"), "{p}");
         assert!(Path::new(p["screenshot"].as_str().unwrap_or("")).exists());
+        // Issue 13: the join (WebSocket open -> first packet from the other page) is printed,
+        // not asserted. The server answers `a=setup:passive`, so Chromium is the DTLS client on
+        // both connections. Chromium lists AES-CM-SHA1-80 before AES-GCM in its ClientHello
+        // and rtc-dtls, as the DTLS server, takes the client's order: the cipher is printed.
+        eprintln!(
+            "chromium join {side}: first packet (ms after WebSocket open) {}",
+            p["first_packet_ms"]
+        );
+        eprintln!("chromium timeline {side}: {}", p["timeline"]);
+        for target in ["publish", "subscribe"] {
+            let t = &p["transport"][target];
+            eprintln!("chromium {side} {target}: {t}");
+            assert!(
+                t["srtpCipher"].as_str().unwrap_or("").starts_with("SRTP_"),
+                "{target}: {t}"
+            );
+            assert_eq!(t["dtlsRole"], "client", "{target}: {t}");
+        }
     }
+    let snap = srv.state.sfu.stats().snapshot();
+    assert!(snap.srtp_aead_gcm + snap.srtp_aes_cm >= 4, "{snap:?}");
     // The demo page's "Past calls" listed the call and loaded its recording.
     let h = &j["history"];
     eprintln!("history: {h}");

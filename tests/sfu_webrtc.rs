@@ -124,6 +124,10 @@ async fn three_clients_then_leave_then_late_joiner() {
 
     let stats = srv.state.sfu.stats().snapshot();
     assert!(stats.packets_out > 0 && stats.packets_in > 0);
+    // webrtc-rs offers AES-GCM first: every connection (4 clients x publish + subscribe)
+    // negotiated it, none fell back to AES-CM.
+    assert!(stats.srtp_aead_gcm >= 8, "{stats:?}");
+    assert_eq!(stats.srtp_aes_cm, 0, "{stats:?}");
     a.leave().await;
     b.leave().await;
     d.leave().await;

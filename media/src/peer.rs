@@ -4,10 +4,11 @@
 //! the logic that reacts lives in `sfu.rs`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
@@ -17,16 +18,29 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    SrtpProtectionProfile, StatsSelector, register_default_interceptors,
 };
 
 use crate::level::AUDIO_LEVEL_URI;
 use crate::ports::{PortAllocator, PortLease};
+use crate::stats::MediaStats;
 
 /// The Opus payload type the SFU offers (the one browsers use).
 pub const OPUS_PT: u8 = 111;
 /// Opus RTP clock rate.
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
+
+/// Connectivity-check interval while a pair is being checked.
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Checks per pair before it fails (2 s at [`ICE_CHECK_INTERVAL`]).
+const ICE_MAX_BINDING_REQUESTS: u16 = 40;
+/// SRTP protection profiles offered or accepted, in order of preference.
+pub const SRTP_PROFILES: [SrtpProtectionProfile; 4] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+];
 
 /// How peer connections are built.
 #[derive(Debug, Clone)]
@@ -73,6 +87,7 @@ impl From<webrtc::error::Error> for PeerError {
 pub struct PeerFactory {
     cfg: PeerConfig,
     ports: PortAllocator,
+    stats: Arc<MediaStats>,
 }
 
 /// A peer connection with the port it holds. Closing is explicit ([`Peer::close`]); the port
@@ -92,6 +107,28 @@ impl Peer {
 
 struct Handler {
     tx: mpsc::UnboundedSender<PeerEvent>,
+    /// The connection itself, set once built: read once connected for its SRTP profile.
+    pc: Arc<OnceLock<Weak<dyn PeerConnection>>>,
+    stats: Arc<MediaStats>,
+}
+
+impl Handler {
+    /// Count the SRTP profile the DTLS handshake chose (`srtp_cipher` of the transport stats).
+    async fn count_srtp_profile(&self) {
+        let Some(pc) = self.pc.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let report = pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let cipher = report.transport().map(|t| t.srtp_cipher.clone());
+        let counter = match cipher.as_deref() {
+            Some(c) if c.contains("GCM") => &self.stats.srtp_aead_gcm,
+            Some(c) if !c.is_empty() => &self.stats.srtp_aes_cm,
+            _ => return,
+        };
+        MediaStats::add(counter, 1);
+    }
 }
 
 #[async_trait::async_trait]
@@ -109,6 +146,9 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.count_srtp_profile().await;
+        }
         let _ = self.tx.send(PeerEvent::State(state));
     }
 
@@ -129,9 +169,10 @@ pub fn opus_codec() -> RTCRtpCodec {
 }
 
 impl PeerFactory {
-    pub fn new(cfg: PeerConfig) -> Self {
+    /// `stats` gets the connections' SRTP profiles.
+    pub fn new(cfg: PeerConfig, stats: Arc<MediaStats>) -> Self {
         let ports = PortAllocator::new(cfg.port_min, cfg.port_max);
-        PeerFactory { cfg, ports }
+        PeerFactory { cfg, ports, stats }
     }
 
     pub fn ports(&self) -> &PortAllocator {
@@ -191,22 +232,42 @@ impl PeerFactory {
             // candidate. rtc-ice waits 1 s by default before nominating one; that wait was most
             // of a join (docs/join-latency-notes.md). `Some(0)`: `None` means the default.
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            // Checks every 50 ms instead of 200 ms while connecting (40 tries: the same 2 s
+            // budget per pair). Joins only; keepalives are separate.
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
+            // Answer `a=setup:passive`: the client sends the first DTLS flight as soon as its
+            // ICE pair is up. As the DTLS client, the server's ClientHello waited for rtc's
+            // next timer tick (up to 200 ms per join; docs/join-latency-notes.md). Janus,
+            // mediasoup and LiveKit answer passive too.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            // AES-GCM first (cheaper per packet than AES-CM + HMAC-SHA1); the others for
+            // clients that lack it. As the DTLS server the client's order decides; browsers
+            // put GCM first.
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
             .with_lite(self.cfg.ice_lite);
         if !self.cfg.announced_ips.is_empty() {
             settings = settings
                 .with_nat_1to1_ips(self.cfg.announced_ips.clone(), RTCIceCandidateType::Host);
         }
         let config = RTCConfigurationBuilder::new().build();
+        let handle = Arc::new(OnceLock::new());
+        let handler = Handler {
+            tx,
+            pc: handle.clone(),
+            stats: self.stats.clone(),
+        };
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media_engine)
             .with_setting_engine(settings.build())
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler { tx }))
+            .with_handler(Arc::new(handler))
             .with_udp_addrs(vec![format!("{}:{}", self.cfg.bind_ip, port)])
             .build()
             .await?;
-        Ok(Arc::new(pc))
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let _ = handle.set(Arc::downgrade(&pc));
+        Ok(pc)
     }
 }
 
@@ -290,15 +351,18 @@ mod tests {
 
     #[test]
     fn announced_ip_replaces_the_bind_ip_in_candidates_and_sdp() {
-        let f = PeerFactory::new(PeerConfig {
-            bind_ip: "10.0.0.5".parse().expect("ip"),
-            port_min: 40000,
-            port_max: 40001,
-            announced_ips: vec!["203.0.113.7".into()],
-            ice_disconnected: Duration::from_secs(1),
-            ice_failed: Duration::from_secs(2),
-            ice_lite: false,
-        });
+        let f = PeerFactory::new(
+            PeerConfig {
+                bind_ip: "10.0.0.5".parse().expect("ip"),
+                port_min: 40000,
+                port_max: 40001,
+                announced_ips: vec!["203.0.113.7".into()],
+                ice_disconnected: Duration::from_secs(1),
+                ice_failed: Duration::from_secs(2),
+                ice_lite: false,
+            },
+            Arc::default(),
+        );
         let c = f.announce_candidate(RTCIceCandidateInit {
             candidate: "candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host".into(),
             ..Default::default()

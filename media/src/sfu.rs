@@ -216,13 +216,14 @@ impl SfuInner {
 
 impl Sfu {
     pub fn new(cfg: SfuConfig) -> Self {
-        let factory = PeerFactory::new(cfg.peer.clone());
+        let stats = Arc::new(MediaStats::default());
+        let factory = PeerFactory::new(cfg.peer.clone(), stats.clone());
         Sfu {
             inner: Arc::new(SfuInner {
                 cfg,
                 factory,
                 rooms: Mutex::new(HashMap::new()),
-                stats: Arc::new(MediaStats::default()),
+                stats,
                 closing: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 live: AtomicU64::new(0),

@@ -22,8 +22,10 @@ pub struct MediaStats {
     pub rejected_packets: AtomicU64,
     /// Peer connections that failed ICE/DTLS or timed out.
     pub media_timeouts: AtomicU64,
-    /// Join-to-first-packet latency sum (ms) and count, for a mean.
-    pub joins: AtomicU64,
+    /// Connected peer connections by the SRTP profile DTLS chose: AEAD AES-GCM ...
+    pub srtp_aead_gcm: AtomicU64,
+    /// ... or AES-CM with HMAC-SHA1.
+    pub srtp_aes_cm: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -41,7 +43,8 @@ pub struct StatsSnapshot {
     pub forward_errors: u64,
     pub rejected_packets: u64,
     pub media_timeouts: u64,
-    pub joins: u64,
+    pub srtp_aead_gcm: u64,
+    pub srtp_aes_cm: u64,
 }
 
 impl MediaStats {
@@ -61,7 +64,8 @@ impl MediaStats {
             forward_errors: l(&self.forward_errors),
             rejected_packets: l(&self.rejected_packets),
             media_timeouts: l(&self.media_timeouts),
-            joins: l(&self.joins),
+            srtp_aead_gcm: l(&self.srtp_aead_gcm),
+            srtp_aes_cm: l(&self.srtp_aes_cm),
         }
     }
 

@@ -103,6 +103,18 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         s.media_timeouts.to_string(),
     );
     metric(
+        "commhub_srtp_aead_gcm_total",
+        "counter",
+        "Peer connections whose DTLS handshake chose an AEAD AES-GCM SRTP profile.",
+        s.srtp_aead_gcm.to_string(),
+    );
+    metric(
+        "commhub_srtp_aes_cm_total",
+        "counter",
+        "Peer connections whose DTLS handshake chose AES-CM with HMAC-SHA1 (client offered no GCM).",
+        s.srtp_aes_cm.to_string(),
+    );
+    metric(
         "commhub_media_ports_leased",
         "gauge",
         "UDP ports in use by peer connections.",

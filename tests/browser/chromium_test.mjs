@@ -255,7 +255,16 @@ async function main() {
       }
       await sleep(500);
     }
-    for (const p of pages) p.state = await readState(p.page);
+    for (const p of pages) {
+      p.state = await readState(p.page);
+      p.joinInfo = await p.page.evaluate(async () => {
+        const c = window.commhub;
+        if (!c || typeof c.firstPacketTimes !== 'function') return null;
+        return {
+          firstPacketMs: c.firstPacketTimes(), timeline: c.timeline(), transport: await c.transportInfo(),
+        };
+      });
+    }
 
     // Both leave; the first page's "Past calls" lists the call as ended and plays its
     // recording (an <audio> element whose MP3 Chromium loads and measures).
@@ -329,6 +338,11 @@ function fillPages(result, pages) {
       jitter: s ? s.jitter : null,
       codec: s ? s.codec : null,
       inbound_tracks: p.entries ? p.entries.length : 0,
+      // ms from WebSocket open to the first packet of each remote participant, and the
+      // DTLS/SRTP parameters of both connections.
+      first_packet_ms: p.joinInfo ? p.joinInfo.firstPacketMs : null,
+      transport: p.joinInfo ? p.joinInfo.transport : null,
+      timeline: p.joinInfo ? p.joinInfo.timeline : null,
       screenshot: fs.existsSync(p.shot) ? p.shot : null,
     };
     if (p.console && p.console.length) result.pages[p.key].console = p.console.slice(-10);
