@@ -22,9 +22,12 @@
 //! - `ports.rs`: the UDP port range peer connections bind in.
 //! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
 //!   channel events.
-//! - `sfu.rs`: [`Sfu`] (rooms), [`Participant`] handles, the publisher read loops and the
-//!   subscriber writer tasks; `sfu/leg.rs`: [`LegPort`], a phone leg's place in a room;
-//!   `sfu/webrtc_leg.rs`: WebRTC media (ICE + DTLS-SRTP) for a SIP leg.
+//! - `sfu/`: [`Sfu`] (rooms) and its IO, one concern per file: `mod.rs` (joins, taps,
+//!   shutdown, events), `rooms.rs` (a room's shared state), `participant.rs` ([`Participant`]
+//!   handles: publish/subscribe negotiation), `io.rs` (publisher read loops, subscriber writer
+//!   tasks, connection watchers), `negotiate.rs`, `whip.rs` (WHIP/WHEP), `system.rs`
+//!   ([`SystemSource`]), `leg.rs` ([`LegPort`], a phone leg's place in a room) and
+//!   `webrtc_leg.rs` (WebRTC media for a SIP leg).
 //!
 //! ## Contract
 //! Only this crate touches webrtc-rs. Packets are forwarded with the payload untouched; each

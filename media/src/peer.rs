@@ -1,7 +1,7 @@
 //! The webrtc-rs adapter: builds peer connections for the SFU (Opus only, audio-level header
 //! extension, ports from the configured range, ICE timeouts, announced addresses), and turns
 //! webrtc-rs callbacks into [`PeerEvent`]s on a channel. Callbacks only translate and forward;
-//! the logic that reacts lives in `sfu.rs`.
+//! the logic that reacts lives in `sfu/` (`io.rs` watches connections).
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock, Weak};

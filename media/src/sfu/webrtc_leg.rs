@@ -14,7 +14,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemoteEvent;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
-use super::{Sfu, SfuError, answer_with_track, complete_local_sdp, local_track};
+use super::negotiate::{answer_with_track, complete_local_sdp, local_track};
+use super::{Sfu, SfuError};
 use crate::peer::{Peer, PeerEvent};
 
 /// Packets queued from the remote track before drops (one second at 20 ms).
