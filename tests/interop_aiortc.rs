@@ -54,6 +54,12 @@ async fn aiortc_clients_hear_each_others_tone() {
     let a_heard = &ja["received"][b_id];
     let b_heard = &jb["received"][a_id];
     eprintln!("A heard {a_heard}\nB heard {b_heard}");
+    // Join timing (printed, not asserted): B joined second, so its first audio from A is a
+    // join's latency (ms after opening its WebSocket).
+    eprintln!(
+        "aiortc join B: connected {} first audio {}",
+        jb["connected_ms"], jb["first_audio_ms"]
+    );
     assert!(
         (hz(a_heard) - 880.0).abs() < 10.0,
         "A hears B's 880 Hz: {a_heard}"

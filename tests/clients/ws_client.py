@@ -22,7 +22,8 @@ stdout gets exactly one JSON line:
    "errors": [{"code", "message", "in_reply_to"}...],
    "files": {id: path}, "subscribe_offers": [revisions], "levels_max": {id: level},
    "active_speakers": [ids], "publish_state": str, "subscribe_state": str|null,
-   "frames_sent": int}
+   "frames_sent": int, "connected_ms": {"publish"|"subscribe": ms},
+   "first_audio_ms": {id: ms}}   (ms after opening the WebSocket)
 dominant_hz is the FFT peak of the audio after its first 0.5 s (null for silence).
 Logs go to stderr.
 
@@ -89,6 +90,10 @@ class Client:
         self.sub_pc = None
         self.tone: Optional[ToneTrack] = None
         self.sink = AudioSink()
+        # Join timing: monotonic time the WebSocket was opened, and when each connection
+        # reached `connected` (first audio per peer is in the sink).
+        self.t_connect = time.monotonic()
+        self.connected_at: dict[str, float] = {}
         self.mid_pid: dict[str, str] = {}  # subscribe transceiver mid -> participant id
         self.pending: dict[str, list] = {"publish": [], "subscribe": []}
         self.welcome = asyncio.Event()
@@ -160,6 +165,7 @@ class Client:
                 loop.add_signal_handler(sig, self.stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        self.t_connect = time.monotonic()
         try:
             self.ws = await asyncio.wait_for(connect(a.url, open_timeout=STEP_TIMEOUT, max_size=None), STEP_TIMEOUT + 1)
         except Exception as e:  # noqa: BLE001
@@ -316,6 +322,8 @@ class Client:
         @pc.on("connectionstatechange")
         async def _state() -> None:
             log.info("publish connection: %s", pc.connectionState)
+            if pc.connectionState == "connected":
+                self.connected_at.setdefault("publish", time.monotonic())
 
         self.tone = ToneTrack(self.args.tone, self.args.amplitude)
         pc.addTransceiver(self.tone, direction="sendonly")
@@ -388,6 +396,8 @@ class Client:
             @pc.on("connectionstatechange")
             async def _state() -> None:
                 log.info("subscribe connection: %s", pc.connectionState)
+                if pc.connectionState == "connected":
+                    self.connected_at.setdefault("subscribe", time.monotonic())
 
             @pc.on("track")
             def _track(track) -> None:
@@ -471,6 +481,10 @@ class Client:
             "publish_state": self.pub_pc.connectionState if self.pub_pc else None,
             "subscribe_state": self.sub_pc.connectionState if self.sub_pc else None,
             "frames_sent": self.tone.frames_sent if self.tone else 0,
+            # ms after opening the WebSocket: each connection up, each peer's first decoded
+            # audio frame (aiortc's jitter buffer sits between the packet and the frame).
+            "connected_ms": {k: round((t - self.t_connect) * 1000) for k, t in self.connected_at.items()},
+            "first_audio_ms": {k: round((t - self.t_connect) * 1000) for k, t in self.sink.first_audio.items()},
         }
 
 

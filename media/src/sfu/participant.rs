@@ -61,6 +61,7 @@ impl Participant {
     /// Apply a publish offer and return the answer. With `complete`, wait for ICE gathering and
     /// return the SDP with every candidate (WHIP); otherwise candidates trickle as events.
     pub async fn publish(&mut self, offer: String, complete: bool) -> Result<String, SfuError> {
+        let started = std::time::Instant::now();
         if !offers_opus(&offer) {
             return Err(SfuError::BadSdp(
                 "the offer has no audio m-line with Opus/48000".into(),
@@ -138,12 +139,14 @@ impl Participant {
         let notices = st.model.set_publishing(&self.id, true)?;
         self.room.dispatch(&st, notices);
         drop(st);
+        tracing::debug!(participant = %self.id, ms = started.elapsed().as_millis() as u64, "publish answered");
         Ok(self.sfu.inner.factory.announce_sdp(sdp))
     }
 
     /// Bring the subscribe connection up to date with the room's producers and create an
     /// offer. Returns the SDP and the tracks it carries.
     pub async fn subscribe_offer(&mut self) -> Result<(String, Vec<SubscribedTrack>), SfuError> {
+        let started = std::time::Instant::now();
         if self.subscribe.is_none() {
             let (ptx, prx) = mpsc::unbounded_channel();
             let peer = self.sfu.inner.factory.create(ptx).await?;
@@ -259,6 +262,7 @@ impl Participant {
                 track_id: format!("audio-{}", m.id),
             })
             .collect();
+        tracing::debug!(participant = %self.id, ms = started.elapsed().as_millis() as u64, "subscribe offer made");
         Ok((self.sfu.inner.factory.announce_sdp(sdp), tracks))
     }
 
