@@ -34,6 +34,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod engine;
 pub mod forward;
 pub mod jitter;
 pub mod level;
