@@ -15,7 +15,9 @@ async fn two_participants_hear_each_other() {
     let a = Client::join(&w, "r1", "alice", 1, true).await;
     let b = Client::join(&w, "r1", "bob", 2, true).await;
     assert!(
-        eventually(Duration::from_secs(10), || a.hears(&["bob"]) && b.hears(&["alice"])).await,
+        eventually(Duration::from_secs(10), || a.hears(&["bob"])
+            && b.hears(&["alice"]))
+        .await,
         "no audio both ways: a heard {:?}, b heard {:?}, counters {:?}",
         a.heard(),
         b.heard(),
@@ -65,7 +67,10 @@ async fn two_participants_hear_each_other() {
     let s = w.counters().snapshot();
     println!("counters before the leave: {s:?}");
     assert_eq!(s.unknown_source, 0);
-    assert_eq!(s.junk + s.bad_stun + s.stun_unknown_ufrag + s.srtp_failures, 0);
+    assert_eq!(
+        s.junk + s.bad_stun + s.stun_unknown_ufrag + s.srtp_failures,
+        0
+    );
 
     // Bob leaves: nothing more from him (his client is closed too; datagrams it still had in
     // flight count as unknown-source drops).

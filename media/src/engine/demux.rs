@@ -72,8 +72,7 @@ pub fn parse_stun(d: &[u8]) -> Stun<'_> {
     let ty = u16::from_be_bytes([d[0], d[1]]);
     let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
     let cookie = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
-    if ty & 0xC000 != 0 || cookie != MAGIC_COOKIE || len % 4 != 0 || STUN_HEADER + len > d.len()
-    {
+    if ty & 0xC000 != 0 || cookie != MAGIC_COOKIE || len % 4 != 0 || STUN_HEADER + len > d.len() {
         return Stun::Malformed;
     }
     let body = &d[STUN_HEADER..STUN_HEADER + len];
@@ -325,9 +324,7 @@ mod tests {
         for n in 0..good.len() {
             assert_ne!(
                 parse_stun(&good[..n]),
-                Stun::Request {
-                    local_ufrag: b"u"
-                },
+                Stun::Request { local_ufrag: b"u" },
                 "prefix {n}"
             );
         }

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
@@ -72,7 +73,6 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,6 +81,8 @@ use crate::peer::{OPUS_PT, opus_codec};
 
 /// Largest datagram read.
 const RECV_BUF: usize = 2048;
+/// Requested socket send and receive buffer size.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Datagrams handled per wake before commands and timers get a turn.
 const RECV_BUDGET: usize = 256;
 
@@ -229,8 +231,19 @@ pub struct Worker {
 impl Worker {
     /// Bind the socket and start the worker thread.
     pub fn spawn(cfg: EngineConfig) -> io::Result<Worker> {
-        let std_sock = std::net::UdpSocket::bind(cfg.bind)?;
-        std_sock.set_nonblocking(true)?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(cfg.bind),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // One socket carries every connection of the worker: a default-sized receive buffer
+        // (~200 small datagrams) overflows if the thread is off CPU for a few tens of ms.
+        // Best effort: the kernel caps it at net.core.rmem_max / wmem_max.
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+        sock.bind(&cfg.bind.into())?;
+        sock.set_nonblocking(true)?;
+        let std_sock: std::net::UdpSocket = sock.into();
         let bound = std_sock.local_addr()?;
         let ip = cfg.announce_ip.unwrap_or(bound.ip());
         if ip.is_unspecified() {
@@ -671,11 +684,9 @@ impl Engine {
         while let Some(ev) = conn.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
                 match s {
-                    RTCPeerConnectionState::Connected => {
-                        if !conn.connected {
-                            conn.connected = true;
-                            let _ = conn.events.send(PeerEvent::Connected);
-                        }
+                    RTCPeerConnectionState::Connected if !conn.connected => {
+                        conn.connected = true;
+                        let _ = conn.events.send(PeerEvent::Connected);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         closed = true;
@@ -803,11 +814,7 @@ impl Engine {
     }
 
     /// Add a send-only transceiver for `producer`'s audio to `conn`.
-    fn add_send(
-        conn: &mut Conn,
-        producer: u32,
-        producer_name: &str,
-    ) -> Result<(), EngineError> {
+    fn add_send(conn: &mut Conn, producer: u32, producer_name: &str) -> Result<(), EngineError> {
         let ssrc: u32 = rand::random();
         let track = MediaStreamTrack::new(
             producer_name.to_owned(),
@@ -870,7 +877,8 @@ impl Engine {
         };
         let mut pc = self.build_pc(ufrag.clone(), random_token(32))?;
         let now = Instant::now();
-        let offer = RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| EngineError::BadSdp(e.to_string()))?;
         let cand = CandidateHostConfig {
