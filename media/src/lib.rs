@@ -22,6 +22,9 @@
 //! - `ports.rs`: the UDP port range peer connections bind in.
 //! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
 //!   channel events.
+//! - `engine/`: prototype (issue 13): one worker thread per UDP socket driving the sans-IO `rtc`
+//!   peer connections of all its participants, demultiplexed by ICE ufrag and remote address
+//!   (`demux.rs`, pure) and forwarded in the worker's own loop (`worker.rs`). Not used yet.
 //! - `sfu.rs`: [`Sfu`] (rooms), [`Participant`] handles, the publisher read loops and the
 //!   subscriber writer tasks; `sfu/leg.rs`: [`LegPort`], a phone leg's place in a room;
 //!   `sfu/webrtc_leg.rs`: WebRTC media (ICE + DTLS-SRTP) for a SIP leg.

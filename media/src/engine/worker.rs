@@ -256,6 +256,7 @@ impl Worker {
         let counters = Arc::new(Counters::default());
         let tid = Arc::new(AtomicI32::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread = {
             let counters = counters.clone();
             let tid = tid.clone();
@@ -263,6 +264,7 @@ impl Worker {
                 .name(format!("media-engine-{}", bound.port()))
                 .spawn(move || {
                     tid.store(current_tid().unwrap_or(0), Ordering::Relaxed);
+                    let _ = started_tx.send(());
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -285,6 +287,8 @@ impl Worker {
                     });
                 })?
         };
+        // The thread id is known once the thread runs.
+        let _ = started_rx.recv();
         Ok(Worker {
             tx: Some(tx),
             counters,
@@ -653,6 +657,7 @@ impl Engine {
                 continue;
             };
             let (sender, ssrc, pt) = (slot.sender, slot.ssrc, slot.pt);
+            let mut written = 0;
             for p in pkts.iter() {
                 let mut q = p.clone();
                 q.header.ssrc = ssrc;
@@ -661,9 +666,20 @@ impl Engine {
                     && s.write_rtp(now, q).is_ok()
                 {
                     bump(&counters.forwarded);
+                    written += 1;
                 }
             }
-            flush(&mut dc.pc, socket, counters);
+            // Each RTP write yields one datagram. `poll_write` runs rtc's whole write pipeline
+            // on every call, so take exactly that many instead of polling until `None` (a
+            // second, empty pass per destination); anything else queued leaves with the
+            // connection's next event, timer or answer, which flush until `None`.
+            for _ in 0..written {
+                let Some(out) = dc.pc.poll_write() else { break };
+                match socket.try_send_to(&out.message, out.transport.peer_addr) {
+                    Ok(_) => bump(&counters.datagrams_out),
+                    Err(_) => bump(&counters.send_errors),
+                }
+            }
         }
     }
 
