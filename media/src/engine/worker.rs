@@ -41,6 +41,15 @@
 //! min-heap with at most one live entry per connection (an entry is pushed only when it is
 //! earlier than the one already armed; a stale entry is skipped when it pops).
 
+//! ## Cost (measured, `tests/engine_bench.rs`, release, loopback, 2 shared cores)
+//! 10 rooms x 10 webrtc-rs clients (45 000 forwarded packets/s): 7.2-7.7 µs of worker-thread
+//! CPU per forwarded packet. perf on the worker thread: rtc's write pipeline (`poll_write`
+//! running every handler, mostly moving messages between their queues: memmove alone ~25 %)
+//! ~42 %, of which SRTP AES-GCM encryption ~6 %; `sendto` ~30 %; rtc's read pipeline ~11 %;
+//! `write_rtp` ~5 %; this module's own code ~7 %. Going below ~4.5 µs needs the per-packet
+//! path out of rtc's pipeline (SRTP done here with the DTLS-exported keys, which rtc does not
+//! expose) and batched sends.
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
