@@ -22,6 +22,9 @@
 //! - `ports.rs`: the UDP port range peer connections bind in.
 //! - `peer.rs`: the webrtc-rs adapter: building peer connections, translating callbacks into
 //!   channel events.
+//! - `engine/`: prototype (issue 13): one worker thread per UDP socket driving the sans-IO `rtc`
+//!   peer connections of all its participants, demultiplexed by ICE ufrag and remote address
+//!   (`demux.rs`, pure) and forwarded in the worker's own loop (`worker.rs`). Not used yet.
 //! - `sfu/`: [`Sfu`] (rooms) and its IO, one concern per file: `mod.rs` (joins, taps,
 //!   shutdown, events), `rooms.rs` (a room's shared state), `participant.rs` ([`Participant`]
 //!   handles: publish/subscribe negotiation), `io.rs` (publisher read loops, subscriber writer
@@ -37,6 +40,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod engine;
 pub mod forward;
 pub mod jitter;
 pub mod level;
