@@ -60,6 +60,17 @@ else
   fi
 fi
 
+# ---------------------------------------------------------------- UDP socket buffers
+# The media engine carries every connection of a worker on one UDP socket and asks for 4 MB
+# buffers; the kernel caps the request at net.core.{r,w}mem_max (about 200 kB by default), and
+# a small buffer drops datagrams whenever the worker is off CPU for a few ms (engine_rooms).
+for k in net.core.rmem_max net.core.wmem_max; do
+  if [ "$(sysctl -n "$k" 2>/dev/null || echo 0)" -lt 4194304 ]; then
+    step "sysctl: $k=4194304"
+    $SUDO sysctl -qw "$k=4194304" || echo "could not raise $k (engine tests may drop under load)"
+  fi
+done
+
 # ---------------------------------------------------------------- Python venv
 REQ="$REPO/tests/clients/requirements.txt"
 VENV="$REPO/.venv"

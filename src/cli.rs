@@ -190,7 +190,9 @@ pub fn init_logging(cfg: &Config) {
         .add_directive("webrtc=warn".parse().unwrap_or_default())
         // rsipstack logs every SIP message raw (numbers included) at info.
         .add_directive("rsipstack=error".parse().unwrap_or_default())
-        .add_directive("rtc=warn".parse().unwrap_or_default())
+        // rtc warns once per datagram it cannot use (a check before the answer, a packet after
+        // close): outside input must not write a line per packet.
+        .add_directive("rtc=error".parse().unwrap_or_default())
         // Noise from the ICE/DTLS stacks on every connection ("remote_addr is empty", "no
         // candidate pairs yet") is not actionable.
         .add_directive("rtc_ice=error".parse().unwrap_or_default())

@@ -529,6 +529,14 @@ pub struct MediaConfig {
     pub tap_queue: usize,
     /// Milliseconds between `audio_levels` events.
     pub audio_level_interval_ms: u64,
+    /// Carry signaling and WHIP participants on the shared-socket media engine: a handful of
+    /// UDP ports (one per worker) instead of one per connection. False: a webrtc-rs connection
+    /// on its own port from the range each (WHEP viewers and SIP WebRTC legs always are).
+    pub shared_socket: bool,
+    /// UDP port of the first engine worker; worker i uses shared_port + i. 0: any free port.
+    pub shared_port: u16,
+    /// Engine worker threads (each with its own socket and rooms); 0: one per CPU core.
+    pub shared_workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -585,6 +593,9 @@ impl Default for MediaConfig {
             subscriber_queue: 512,
             tap_queue: 4096,
             audio_level_interval_ms: 200,
+            shared_socket: true,
+            shared_port: 50000,
+            shared_workers: 0,
         }
     }
 }

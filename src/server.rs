@@ -26,8 +26,8 @@ pub fn new_state(
     cfg: Config,
     shutdown: watch::Receiver<bool>,
     store: StoreHandle,
-) -> (AppState, crate::calls::Coordinator) {
-    let sfu = Sfu::new(sfu_config(&cfg));
+) -> anyhow::Result<(AppState, crate::calls::Coordinator)> {
+    let sfu = Sfu::new(sfu_config(&cfg)).context("starting the media engine")?;
     let recorders = crate::recording::Recorders::new(sfu.clone(), recording_config(&cfg));
     let (calls, coordinator) = crate::calls::Calls::new(
         store.clone(),
@@ -58,7 +58,7 @@ pub fn new_state(
         sip: None,
         sms: None,
     };
-    (state, coordinator)
+    Ok((state, coordinator))
 }
 
 /// Open the database (migrating it) and start the store task.
@@ -100,6 +100,14 @@ pub fn sfu_config(cfg: &Config) -> SfuConfig {
         audio_level_interval: Duration::from_millis(m.audio_level_interval_ms),
         media_timeout: Duration::from_secs(m.media_timeout_secs),
         negotiation_timeout: Duration::from_secs(10),
+        shared: m.shared_socket.then(|| media::SharedConfig {
+            port: m.shared_port,
+            workers: if m.shared_workers == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                m.shared_workers
+            },
+        }),
     }
 }
 
@@ -169,7 +177,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (store, store_task) = open_store(&cfg).await?;
-    let (mut state, coordinator) = new_state(cfg.clone(), shutdown_rx.clone(), store);
+    let (mut state, coordinator) = new_state(cfg.clone(), shutdown_rx.clone(), store)?;
     let sip_cancel = tokio_util::sync::CancellationToken::new();
     if cfg.sip.enabled {
         state.sip = Some(

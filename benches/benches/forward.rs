@@ -81,6 +81,7 @@ fn packet(seq: u16, payload: &Bytes) -> Arc<MediaPacket> {
         payload: payload.clone(),
         system: false,
         only_to: None,
+        in_engine: false,
     })
 }
 

@@ -32,12 +32,17 @@ pub struct MediaPacket {
     pub system: bool,
     /// Deliver to this subscriber only.
     pub only_to: Option<ParticipantId>,
+    /// Read by a media engine worker, which already wrote it to the engine connections of its
+    /// room: the room's engine sink skips it.
+    pub in_engine: bool,
 }
 
 /// What a subscriber's writer task receives.
 #[derive(Debug)]
 pub enum SinkMsg {
     Packet(Arc<MediaPacket>),
+    /// To a media engine worker: a packet of this room for its connections there.
+    Room(Arc<str>, Arc<MediaPacket>),
 }
 
 /// A subscriber's inbound queue, as the room's routes hold it.
@@ -47,6 +52,9 @@ pub struct SubscriberSink {
     /// Deliver only this producer (WHEP); `None` = every producer but the subscriber itself.
     pub only: Option<ParticipantId>,
     pub tx: mpsc::Sender<SinkMsg>,
+    /// A media engine worker's queue for this room's connections there (one per room): it gets
+    /// every packet not read by that worker, tagged with the room, and applies `only_to` itself.
+    pub engine_room: Option<Arc<str>>,
 }
 
 impl SubscriberSink {
@@ -79,11 +87,19 @@ pub struct Fanout {
 pub fn fan_out(routes: &Routes, pkt: &Arc<MediaPacket>, stats: &MediaStats) -> Fanout {
     let mut out = Fanout::default();
     for sink in &routes.sinks {
-        if !sink.wants(&pkt.producer) || pkt.only_to.as_ref().is_some_and(|t| *t != sink.subscriber)
-        {
-            continue;
-        }
-        match sink.tx.try_send(SinkMsg::Packet(pkt.clone())) {
+        let msg = match &sink.engine_room {
+            Some(_) if pkt.in_engine => continue,
+            Some(room) => SinkMsg::Room(room.clone(), pkt.clone()),
+            None => {
+                if !sink.wants(&pkt.producer)
+                    || pkt.only_to.as_ref().is_some_and(|t| *t != sink.subscriber)
+                {
+                    continue;
+                }
+                SinkMsg::Packet(pkt.clone())
+            }
+        };
+        match sink.tx.try_send(msg) {
             Ok(()) => out.queued += 1,
             Err(mpsc::error::TrySendError::Full(_)) => out.dropped += 1,
             // The subscriber is going away; its removal from the routes is under way.
@@ -179,6 +195,7 @@ mod tests {
             payload: Bytes::from(vec![seq as u8; 40]),
             system: false,
             only_to: None,
+            in_engine: false,
         })
     }
 
@@ -193,6 +210,7 @@ mod tests {
                 subscriber: Arc::from(sub),
                 only: only.map(Arc::from),
                 tx,
+                engine_room: None,
             },
             rx,
         )
@@ -213,7 +231,9 @@ mod tests {
         assert_eq!(f.queued, 2);
         assert!(ra.try_recv().is_err(), "no echo to the publisher");
         for rx in [&mut rb, &mut rc] {
-            let SinkMsg::Packet(got) = rx.try_recv().expect("delivered");
+            let Ok(SinkMsg::Packet(got)) = rx.try_recv() else {
+                panic!("delivered")
+            };
             assert_eq!(got.payload, p.payload);
             assert_eq!(got.sequence, 5);
         }
@@ -243,7 +263,9 @@ mod tests {
         assert_eq!(f2.queued, 1, "the WHEP sink");
         assert_eq!(f2.dropped, 1, "the slow sink is full");
         assert_eq!(f2.tap_dropped, 1);
-        let SinkMsg::Packet(got) = rx_only.try_recv().expect("b's packet");
+        let Ok(SinkMsg::Packet(got)) = rx_only.try_recv() else {
+            panic!("b's packet")
+        };
         assert_eq!(got.producer.as_ref(), "b");
         assert_eq!(trx.rx.try_recv().expect("tapped").sequence, 1);
         let s = stats.snapshot();

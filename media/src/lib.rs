@@ -64,7 +64,7 @@ pub mod sfu;
 pub use peer::{PeerConfig, PeerError};
 pub use sfu::{
     LegPort, Participant, ParticipantEvent, RoomEvent, RoomEventSink, Sfu, SfuConfig, SfuError,
-    SubscribedTrack, SystemSource, Target, WebRtcMedia,
+    SharedConfig, SubscribedTrack, SystemSource, Target, WebRtcMedia,
 };
 /// ICE candidate as exchanged with clients (`RTCIceCandidateInit`).
 pub use webrtc::peer_connection::RTCIceCandidateInit as IceCandidateInit;

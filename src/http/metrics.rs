@@ -114,6 +114,57 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "Peer connections whose DTLS handshake chose AES-CM with HMAC-SHA1 (client offered no GCM).",
         s.srtp_aes_cm.to_string(),
     );
+    let e = state.sfu.engine_counters();
+    for (name, help, v) in [
+        (
+            "commhub_media_engine_datagrams_in_total",
+            "Datagrams received on the media engine's shared sockets.",
+            e.datagrams_in,
+        ),
+        (
+            "commhub_media_engine_datagrams_out_total",
+            "Datagrams sent from the media engine's shared sockets.",
+            e.datagrams_out,
+        ),
+        (
+            "commhub_media_engine_junk_total",
+            "Datagrams dropped on a shared socket: no STUN, DTLS or RTP first byte.",
+            e.junk,
+        ),
+        (
+            "commhub_media_engine_bad_stun_total",
+            "Datagrams dropped on a shared socket: STUN that does not parse.",
+            e.bad_stun,
+        ),
+        (
+            "commhub_media_engine_unknown_source_total",
+            "Datagrams dropped on a shared socket: DTLS, RTP or STUN responses from an address no connection checked from.",
+            e.unknown_source,
+        ),
+        (
+            "commhub_media_engine_unknown_ufrag_total",
+            "Connectivity checks dropped on a shared socket: no connection has their ICE ufrag.",
+            e.stun_unknown_ufrag,
+        ),
+        (
+            "commhub_media_engine_srtp_failures_total",
+            "RTP datagrams from connected peers that yielded no packet (authentication, replay).",
+            e.srtp_failures,
+        ),
+        (
+            "commhub_media_engine_send_errors_total",
+            "Datagrams a shared socket would not take (full send buffer) or refused.",
+            e.send_errors,
+        ),
+    ] {
+        metric(name, "counter", help, v.to_string());
+    }
+    metric(
+        "commhub_media_engine_ports",
+        "gauge",
+        "UDP ports of the media engine's workers (one shared socket each).",
+        state.sfu.engine_ports().len().to_string(),
+    );
     metric(
         "commhub_media_ports_leased",
         "gauge",

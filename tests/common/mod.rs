@@ -18,6 +18,8 @@ pub fn test_config() -> Config {
     let base = 20000 + (rand::random::<u16>() % 390) * 100;
     cfg.media.port_min = base;
     cfg.media.port_max = base + 99;
+    // The media engine's workers on ephemeral ports (tests run side by side).
+    cfg.media.shared_port = 0;
     // SIP on an ephemeral port (UDP and TCP share it); legs' RTP in a window of their own.
     cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
     let rtp = 40000 + (rand::random::<u16>() % 200) * 100;

@@ -14,5 +14,6 @@ pub mod demux;
 pub mod worker;
 
 pub use worker::{
-    Counters, CountersSnapshot, EngineConfig, EngineError, PeerEvent, Worker, thread_cpu,
+    Counters, CountersSnapshot, EngineConfig, EngineError, PacketHook, PeerEvent, Worker,
+    thread_cpu,
 };

@@ -77,21 +77,34 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::demux::{DemuxTable, Kind, Route, classify};
-use crate::peer::{OPUS_PT, opus_codec};
+use crate::forward::SinkMsg;
+use crate::level::AUDIO_LEVEL_URI;
+use crate::peer::{OPUS_CLOCK_RATE, OPUS_PT, opus_codec};
+use crate::rewrite::Rewriter;
+use crate::room::ParticipantId;
+use crate::stats::MediaStats;
 
 /// Largest datagram read.
 const RECV_BUF: usize = 2048;
 /// Requested socket send and receive buffer size.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// Shortest ICE disconnected / failed timeouts: clients refresh consent about every 5 s and
+/// the lite server sends no checks, so shorter ones would flap on healthy connections.
+const LITE_MIN_DISCONNECTED: Duration = Duration::from_secs(12);
+const LITE_MIN_FAILED: Duration = Duration::from_secs(30);
+/// Connectivity checks kept per connection while its answer is on its way.
+const EARLY_CHECKS: usize = 8;
 /// Datagrams handled per wake before commands and timers get a turn.
 const RECV_BUDGET: usize = 256;
 
@@ -106,6 +119,9 @@ pub struct EngineConfig {
     /// `ice_failed`.
     pub ice_disconnected: Duration,
     pub ice_failed: Duration,
+    /// The SFU's counters: packets and bytes written to connections are added to its
+    /// `packets_out` / `bytes_out` too.
+    pub stats: Option<Arc<MediaStats>>,
 }
 
 impl EngineConfig {
@@ -115,6 +131,7 @@ impl EngineConfig {
             announce_ip: None,
             ice_disconnected: Duration::from_secs(5),
             ice_failed: Duration::from_secs(15),
+            stats: None,
         }
     }
 }
@@ -139,13 +156,24 @@ pub enum EngineError {
 /// What a participant's connection tells its signaling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
-    /// A server offer (the room changed); reply with [`Worker::answer`].
+    /// A server offer (the room changed; [`Worker::join`] connections only); reply with
+    /// [`Worker::answer`].
     Offer(String),
-    /// ICE and DTLS are up.
+    /// ICE and DTLS are up (again).
     Connected,
+    /// ICE consent lapsed; it may come back ([`PeerEvent::Connected`]) or fail.
+    Disconnected,
     /// The connection failed or closed and the participant was removed from its room.
     Closed,
 }
+
+/// Called on the worker thread with every RTP packet a publishing connection yields, before
+/// it is forwarded (header extensions still on): the room's levels, taps and phone legs.
+/// Must not block.
+pub type PacketHook = Arc<dyn Fn(&rtp::Packet, Instant) + Send + Sync>;
+
+/// Packets queued towards a worker from outside it (system audio, phone legs) before drops.
+const INJECT_QUEUE: usize = 4096;
 
 /// Worker counters, readable from any thread.
 #[derive(Debug, Default)]
@@ -168,6 +196,8 @@ pub struct Counters {
     pub srtp_failures: AtomicU64,
     /// RTCP datagrams from known peers (reports; not forwarded).
     pub rtcp_in: AtomicU64,
+    /// Packets from outside the worker (system audio, phone legs) written to a connection.
+    pub injected: AtomicU64,
     /// Datagrams the socket would not take (full send buffer) or refused.
     pub send_errors: AtomicU64,
 }
@@ -184,6 +214,7 @@ pub struct CountersSnapshot {
     pub stun_unknown_ufrag: u64,
     pub srtp_failures: u64,
     pub rtcp_in: u64,
+    pub injected: u64,
     pub send_errors: u64,
 }
 
@@ -200,6 +231,7 @@ impl Counters {
             stun_unknown_ufrag: g(&self.stun_unknown_ufrag),
             srtp_failures: g(&self.srtp_failures),
             rtcp_in: g(&self.rtcp_in),
+            injected: g(&self.injected),
             send_errors: g(&self.send_errors),
         }
     }
@@ -226,11 +258,32 @@ enum Command {
         participant: String,
         reply: oneshot::Sender<bool>,
     },
+    Publish {
+        key: String,
+        room: Arc<str>,
+        producer: ParticipantId,
+        offer: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        hook: Option<PacketHook>,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
+    Subscribe {
+        key: String,
+        room: Arc<str>,
+        participant: ParticipantId,
+        producers: Vec<ParticipantId>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
+    Close {
+        key: String,
+    },
 }
 
 /// Handle to a worker thread. Dropping it stops the thread (connections are closed first).
 pub struct Worker {
     tx: Option<mpsc::UnboundedSender<Command>>,
+    inject: mpsc::Sender<SinkMsg>,
     counters: Arc<Counters>,
     local_addr: SocketAddr,
     tid: Arc<AtomicI32>,
@@ -265,6 +318,7 @@ impl Worker {
         let counters = Arc::new(Counters::default());
         let tid = Arc::new(AtomicI32::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread = {
             let counters = counters.clone();
@@ -292,7 +346,9 @@ impl Worker {
                                 return;
                             }
                         };
-                        Engine::new(cfg, socket, local_addr, counters).run(rx).await;
+                        Engine::new(cfg, socket, local_addr, counters)
+                            .run(rx, inject_rx)
+                            .await;
                     });
                 })?
         };
@@ -300,6 +356,7 @@ impl Worker {
         let _ = started_rx.recv();
         Ok(Worker {
             tx: Some(tx),
+            inject,
             counters,
             local_addr,
             tid,
@@ -366,6 +423,70 @@ impl Worker {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
+    /// The queue a room's [`SubscriberSink`](crate::SubscriberSink) for this worker sends to:
+    /// packets from outside the worker (system audio, phone legs) for its connections.
+    pub fn inject_sender(&self) -> mpsc::Sender<SinkMsg> {
+        self.inject.clone()
+    }
+
+    /// A publishing connection (`key`, unique on the worker) from the client's offer: the
+    /// server receives `producer`'s audio and forwards it to the room's connections that carry
+    /// it; `hook` sees every packet first. Returns the complete answer (the worker's host
+    /// candidate; ICE-lite, so the client's candidates are not needed). A second call with the
+    /// same key replaces the connection.
+    pub async fn publish(
+        &self,
+        key: &str,
+        room: Arc<str>,
+        producer: ParticipantId,
+        offer: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        hook: Option<PacketHook>,
+    ) -> Result<String, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish {
+            key: key.to_owned(),
+            room,
+            producer,
+            offer,
+            events,
+            hook,
+            reply,
+        })?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// A subscribing connection (`key`, created on first use) for `participant` that carries
+    /// exactly `producers`, one send-only track each (stream id = the producer's id, track id
+    /// `audio-<id>`): returns the server's offer. The client's answer goes to
+    /// [`Worker::answer`] with the same key.
+    pub async fn subscribe(
+        &self,
+        key: &str,
+        room: Arc<str>,
+        participant: ParticipantId,
+        producers: Vec<ParticipantId>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<String, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Subscribe {
+            key: key.to_owned(),
+            room,
+            participant,
+            producers,
+            events,
+            reply,
+        })?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Close a connection (no answer awaited; unknown keys are ignored).
+    pub fn close(&self, key: &str) {
+        let _ = self.send(Command::Close {
+            key: key.to_owned(),
+        });
+    }
+
     /// Remove a participant; false when it was not there.
     pub async fn leave(&self, participant: &str) -> Result<bool, EngineError> {
         let (reply, rx) = oneshot::channel();
@@ -408,9 +529,10 @@ pub fn thread_cpu(tid: i32) -> Option<Duration> {
 
 /// A connection's sender for one producer.
 struct SendSlot {
-    producer: u32,
+    producer: ParticipantId,
     sender: RTCRtpSenderId,
-    ssrc: u32,
+    /// This output's SSRC, sequence numbers and timestamps, continuous whatever the source.
+    rw: Rewriter,
     pt: u8,
     /// In an offer the client has answered: packets may flow.
     ready: bool,
@@ -420,8 +542,17 @@ struct SendSlot {
 
 struct Conn {
     pc: RTCPeerConnection,
-    participant: String,
-    room: String,
+    /// The key commands name it by.
+    key: String,
+    /// Whose connection it is (for packets meant for one participant only).
+    participant: ParticipantId,
+    room: Arc<str>,
+    /// What it publishes, if anything.
+    producer: Option<ParticipantId>,
+    hook: Option<PacketHook>,
+    /// The worker makes its offers when its room changes ([`Worker::join`]); otherwise the
+    /// caller does ([`Worker::subscribe`]).
+    auto_offer: bool,
     events: mpsc::UnboundedSender<PeerEvent>,
     sends: Vec<SendSlot>,
     connected: bool,
@@ -430,6 +561,23 @@ struct Conn {
     dirty: bool,
     /// The earliest timer entry in the heap for this connection.
     armed: Option<Instant>,
+    /// Its SRTP profile was counted (once, at the first `connected`).
+    counted_profile: bool,
+    /// The remote description is set (datagrams can be handled).
+    remote_set: bool,
+    /// Checks that arrived before the remote description, replayed after it.
+    early: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+/// Count the SRTP profile a connection's DTLS handshake chose in the SFU's counters.
+fn count_srtp_profile(pc: &mut RTCPeerConnection, stats: Option<&MediaStats>, now: Instant) {
+    let Some(stats) = stats else { return };
+    let report = pc.get_stats(now, StatsSelector::None);
+    match report.transport().map(|t| t.srtp_cipher.as_str()) {
+        Some(c) if c.contains("GCM") => MediaStats::add(&stats.srtp_aead_gcm, 1),
+        Some(c) if !c.is_empty() => MediaStats::add(&stats.srtp_aes_cm, 1),
+        _ => {}
+    }
 }
 
 struct Engine {
@@ -443,7 +591,7 @@ struct Engine {
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     by_participant: HashMap<String, u32>,
-    rooms: HashMap<String, Vec<u32>>,
+    rooms: HashMap<Arc<str>, Vec<u32>>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     buf: Vec<u8>,
     /// Packets read from one datagram, reused.
@@ -458,6 +606,58 @@ fn flush(pc: &mut RTCPeerConnection, socket: &UdpSocket, counters: &Counters) {
             Err(_) => bump(&counters.send_errors),
         }
     }
+}
+
+/// Every m-section of a local SDP with the worker's candidates and `a=end-of-candidates`: rtc
+/// writes them into the first section only, and a client that takes each section's transport
+/// before applying BUNDLE (aiortc) then has no candidate for the others and never checks.
+/// ICE-lite has nothing to trickle, so every description is complete.
+pub(crate) fn complete_candidates(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut cands: Vec<&str> = Vec::new();
+    for l in sdp.lines() {
+        if l.starts_with("a=candidate:") && !cands.contains(&l) {
+            cands.push(l);
+        }
+    }
+    let mut out = String::with_capacity(sdp.len() + 256);
+    let mut in_media = false;
+    let mut has_cands = false;
+    let mut has_end = false;
+    let finish = |out: &mut String, in_media: bool, has_cands: bool, has_end: bool| {
+        if !in_media {
+            return;
+        }
+        if !has_cands {
+            for c in &cands {
+                out.push_str(c);
+                out.push_str(eol);
+            }
+        }
+        if !has_end {
+            out.push_str("a=end-of-candidates");
+            out.push_str(eol);
+        }
+    };
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            finish(&mut out, in_media, has_cands, has_end);
+            in_media = true;
+            has_cands = false;
+            has_end = false;
+        } else if l.starts_with("a=candidate:") {
+            has_cands = true;
+        } else if l == "a=end-of-candidates" {
+            has_end = true;
+        }
+        if l.is_empty() {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str(eol);
+    }
+    finish(&mut out, in_media, has_cands, has_end);
+    out
 }
 
 fn random_token(n: usize) -> String {
@@ -494,7 +694,11 @@ impl Engine {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut inject: mpsc::Receiver<SinkMsg>,
+    ) {
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(far());
         tokio::pin!(sleep);
@@ -520,8 +724,16 @@ impl Engine {
                     }
                 }
             }
+            let mut injected = 0;
+            while injected < RECV_BUDGET {
+                match inject.try_recv() {
+                    Ok(m) => self.on_inject(m),
+                    Err(_) => break,
+                }
+                injected += 1;
+            }
             self.run_timers();
-            if budget == 0 {
+            if budget == 0 || injected == RECV_BUDGET {
                 // More datagrams are waiting; let the runtime breathe, then go on.
                 tokio::task::yield_now().await;
                 continue;
@@ -550,6 +762,7 @@ impl Engine {
                         return;
                     }
                 },
+                Some(m) = inject.recv() => self.on_inject(m),
                 _ = &mut sleep => {}
             }
         }
@@ -570,7 +783,11 @@ impl Engine {
 
     fn on_datagram(&mut self, n: usize, from: SocketAddr) {
         bump(&self.counters.datagrams_in);
-        let id = match self.demux.route(&self.buf[..n], from) {
+        let route = self.demux.route(&self.buf[..n], from);
+        if classify(&self.buf[..n]) == Kind::Stun {
+            tracing::trace!(?route, "engine: stun");
+        }
+        let id = match route {
             Route::Conn(id) => id,
             Route::Junk => return bump(&self.counters.junk),
             Route::BadStun => return bump(&self.counters.bad_stun),
@@ -591,6 +808,15 @@ impl Engine {
         let Some(conn) = conns.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
+        if !conn.remote_set {
+            // A client checks as soon as it has answered, before its answer reaches us: rtc
+            // would drop those checks (no remote credentials yet) and the client would wait
+            // out a retransmission. Keep a few and replay them once the answer is applied.
+            if kind == Kind::Stun && conn.early.len() < EARLY_CHECKS {
+                conn.early.push((buf[..n].to_vec(), from));
+            }
+            return;
+        }
         let _ = conn.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -628,7 +854,8 @@ impl Engine {
         }
     }
 
-    /// Write `self.pkts` (read from `src`) to every other member of `src`'s room.
+    /// Write `self.pkts` (read from `src`) to every other member of `src`'s room that carries
+    /// `src`'s producer.
     fn forward(&mut self, src: u32, now: Instant) {
         let Engine {
             conns,
@@ -636,16 +863,26 @@ impl Engine {
             pkts,
             socket,
             counters,
+            cfg,
             ..
         } = self;
-        let Some(room) = conns
-            .get(src as usize)
-            .and_then(Option::as_ref)
-            .map(|c| &c.room)
+        let stats = cfg.stats.as_deref();
+        let Some((room, producer)) =
+            conns
+                .get(src as usize)
+                .and_then(Option::as_ref)
+                .and_then(|c| {
+                    if let Some(h) = &c.hook {
+                        for p in pkts.iter() {
+                            h(p, now);
+                        }
+                    }
+                    Some((c.room.clone(), c.producer.clone()?))
+                })
         else {
             return;
         };
-        let Some(members) = rooms.get(room) else {
+        let Some(members) = rooms.get(&room) else {
             return;
         };
         for p in pkts.iter_mut() {
@@ -662,31 +899,114 @@ impl Engine {
             if !dc.connected {
                 continue;
             }
-            let Some(slot) = dc.sends.iter().find(|s| s.producer == src && s.ready) else {
+            let Some(slot) = dc.sends.iter_mut().find(|s| {
+                s.ready && (Arc::ptr_eq(&s.producer, &producer) || s.producer == producer)
+            }) else {
                 continue;
             };
-            let (sender, ssrc, pt) = (slot.sender, slot.ssrc, slot.pt);
             let mut written = 0;
+            let mut bytes = 0;
             for p in pkts.iter() {
+                let h = slot.rw.rewrite(
+                    p.header.ssrc,
+                    p.header.sequence_number,
+                    p.header.timestamp,
+                    now,
+                );
                 let mut q = p.clone();
-                q.header.ssrc = ssrc;
-                q.header.payload_type = pt;
-                if let Some(mut s) = dc.pc.rtp_sender(sender)
+                q.header.ssrc = h.ssrc;
+                q.header.sequence_number = h.sequence;
+                q.header.timestamp = h.timestamp;
+                q.header.payload_type = slot.pt;
+                let len = q.payload.len() as u64;
+                if let Some(mut s) = dc.pc.rtp_sender(slot.sender)
                     && s.write_rtp(now, q).is_ok()
                 {
                     bump(&counters.forwarded);
                     written += 1;
+                    bytes += len;
                 }
             }
             // Each RTP write yields one datagram. `poll_write` runs rtc's whole write pipeline
             // on every call, so take exactly that many instead of polling until `None` (a
             // second, empty pass per destination); anything else queued leaves with the
             // connection's next event, timer or answer, which flush until `None`.
+            if let Some(st) = stats {
+                MediaStats::add(&st.packets_out, written);
+                MediaStats::add(&st.bytes_out, bytes);
+            }
             for _ in 0..written {
                 let Some(out) = dc.pc.poll_write() else { break };
                 match socket.try_send_to(&out.message, out.transport.peer_addr) {
                     Ok(_) => bump(&counters.datagrams_out),
                     Err(_) => bump(&counters.send_errors),
+                }
+            }
+        }
+    }
+
+    /// A packet from outside the worker (system audio, a phone leg) for the connections of its
+    /// room that carry its producer (or only the one it is meant for).
+    fn on_inject(&mut self, m: SinkMsg) {
+        let SinkMsg::Room(room, pkt) = m else {
+            return;
+        };
+        let now = Instant::now();
+        let Engine {
+            conns,
+            rooms,
+            socket,
+            counters,
+            cfg,
+            ..
+        } = self;
+        let Some(members) = rooms.get(&room) else {
+            return;
+        };
+        for &d in members {
+            let Some(dc) = conns.get_mut(d as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !dc.connected || pkt.only_to.as_ref().is_some_and(|t| *t != dc.participant) {
+                continue;
+            }
+            let Some(slot) = dc
+                .sends
+                .iter_mut()
+                .find(|s| s.ready && s.producer == pkt.producer)
+            else {
+                continue;
+            };
+            let h = slot
+                .rw
+                .rewrite(pkt.ssrc, pkt.sequence, pkt.timestamp, pkt.arrival);
+            let q = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: pkt.marker,
+                    payload_type: slot.pt,
+                    sequence_number: h.sequence,
+                    timestamp: h.timestamp,
+                    ssrc: h.ssrc,
+                    ..Default::default()
+                },
+                payload: pkt.payload.clone(),
+            };
+            let ok = dc
+                .pc
+                .rtp_sender(slot.sender)
+                .is_some_and(|mut s| s.write_rtp(now, q).is_ok());
+            if ok {
+                bump(&counters.injected);
+                if let Some(st) = cfg.stats.as_deref() {
+                    MediaStats::add(&st.packets_out, 1);
+                    MediaStats::add(&st.bytes_out, pkt.payload.len() as u64);
+                }
+                if let Some(out) = dc.pc.poll_write() {
+                    match socket.try_send_to(&out.message, out.transport.peer_addr) {
+                        Ok(_) => bump(&counters.datagrams_out),
+                        Err(_) => bump(&counters.send_errors),
+                    }
                 }
             }
         }
@@ -699,6 +1019,7 @@ impl Engine {
             socket,
             counters,
             timers,
+            cfg,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id as usize).and_then(Option::as_mut) else {
@@ -711,7 +1032,16 @@ impl Engine {
                 match s {
                     RTCPeerConnectionState::Connected if !conn.connected => {
                         conn.connected = true;
+                        if !conn.counted_profile {
+                            conn.counted_profile = true;
+                            count_srtp_profile(&mut conn.pc, cfg.stats.as_deref(), now);
+                        }
+                        tracing::debug!(key = %conn.key, "engine: connected");
                         let _ = conn.events.send(PeerEvent::Connected);
+                    }
+                    RTCPeerConnectionState::Disconnected if conn.connected => {
+                        conn.connected = false;
+                        let _ = conn.events.send(PeerEvent::Disconnected);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         closed = true;
@@ -787,6 +1117,45 @@ impl Engine {
             } => {
                 let _ = reply.send(self.on_answer(&participant, sdp));
             }
+            Command::Publish {
+                key,
+                room,
+                producer,
+                offer,
+                events,
+                hook,
+                reply,
+            } => {
+                let r = self.publish(key, room, producer, offer, events, hook);
+                let ids = match r {
+                    Ok((answer, ids)) => {
+                        let _ = reply.send(Ok(answer));
+                        ids
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                for id in ids {
+                    self.offer_if_needed(id);
+                }
+            }
+            Command::Subscribe {
+                key,
+                room,
+                participant,
+                producers,
+                events,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(key, room, participant, producers, events));
+            }
+            Command::Close { key } => {
+                if let Some(&id) = self.by_participant.get(&key) {
+                    self.remove(id, false);
+                }
+            }
             Command::Leave { participant, reply } => {
                 let found = match self.by_participant.get(&participant) {
                     Some(&id) => {
@@ -811,6 +1180,16 @@ impl Engine {
                 RtpCodecKind::Audio,
             )
             .map_err(rtc_err)?;
+        // RFC 6464 levels from publishers (active speaker, `audio_levels`).
+        media_engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(rtc_err)?;
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag, pwd)
@@ -823,9 +1202,11 @@ impl Engine {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_include_loopback_candidate(self.local.ip().is_loopback())
+            // ICE-lite sends no checks of its own: liveness is the client's consent checks
+            // (RFC 7675: about every 5 s), so no shorter timeouts than these.
             .with_ice_timeouts(
-                Some(self.cfg.ice_disconnected),
-                Some(self.cfg.ice_failed),
+                Some(self.cfg.ice_disconnected.max(LITE_MIN_DISCONNECTED)),
+                Some(self.cfg.ice_failed.max(LITE_MIN_FAILED)),
                 Some(Duration::from_secs(2)),
             )
             .build();
@@ -839,12 +1220,13 @@ impl Engine {
     }
 
     /// Add a send-only transceiver for `producer`'s audio to `conn`.
-    fn add_send(conn: &mut Conn, producer: u32, producer_name: &str) -> Result<(), EngineError> {
+    fn add_send(conn: &mut Conn, producer: ParticipantId) -> Result<(), EngineError> {
         let ssrc: u32 = rand::random();
+        // Stream id = the producer's id, as the signaling's track list and clients expect.
         let track = MediaStreamTrack::new(
-            producer_name.to_owned(),
-            format!("{producer_name}-audio"),
-            "audio".to_owned(),
+            producer.to_string(),
+            format!("audio-{producer}"),
+            format!("audio-{producer}"),
             RtpCodecKind::Audio,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -874,7 +1256,7 @@ impl Engine {
         conn.sends.push(SendSlot {
             producer,
             sender,
-            ssrc,
+            rw: Rewriter::new(ssrc, OPUS_CLOCK_RATE),
             pt: OPUS_PT,
             ready: false,
             offered: false,
@@ -883,17 +1265,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Returns the answer and the connections that may need an offer.
-    fn join(
-        &mut self,
-        room: String,
-        participant: String,
-        offer: String,
-        events: mpsc::UnboundedSender<PeerEvent>,
-    ) -> Result<(String, Vec<u32>), EngineError> {
-        if self.by_participant.contains_key(&participant) {
-            return Err(EngineError::Duplicate(participant));
-        }
+    /// A new connection with a fresh ICE ufrag and the worker's host candidate; with `offer`,
+    /// answered (returns the answer).
+    fn new_pc(
+        &self,
+        offer: Option<String>,
+    ) -> Result<(RTCPeerConnection, String, Option<String>), EngineError> {
         let ufrag = loop {
             let u = random_token(16);
             if !self.demux.has_ufrag(&u) {
@@ -902,10 +1279,12 @@ impl Engine {
         };
         let mut pc = self.build_pc(ufrag.clone(), random_token(32))?;
         let now = Instant::now();
-        let offer =
-            RTCSessionDescription::offer(offer).map_err(|e| EngineError::BadSdp(e.to_string()))?;
-        pc.set_remote_description(now, offer)
-            .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        if let Some(offer) = offer {
+            let offer = RTCSessionDescription::offer(offer)
+                .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+            pc.set_remote_description(now, offer)
+                .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        }
         let cand = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
@@ -920,25 +1299,20 @@ impl Engine {
         .map_err(rtc_err)?;
         let init = RTCIceCandidate::from(&cand).to_json().map_err(rtc_err)?;
         pc.add_local_candidate(init).map_err(rtc_err)?;
+        if pc.remote_description().is_none() {
+            return Ok((pc, ufrag, None));
+        }
         let answer = pc.create_answer(None).map_err(rtc_err)?;
         pc.set_local_description(now, answer).map_err(rtc_err)?;
         let answer = pc
             .local_description()
-            .map(|d| d.sdp)
+            .map(|d| complete_candidates(&d.sdp))
             .ok_or_else(|| EngineError::Rtc("no local description".into()))?;
+        Ok((pc, ufrag, Some(answer)))
+    }
 
-        let mut conn = Conn {
-            pc,
-            participant: participant.clone(),
-            room: room.clone(),
-            events,
-            sends: Vec::new(),
-            connected: false,
-            awaiting_answer: false,
-            dirty: false,
-            armed: None,
-        };
-        let members = self.rooms.get(&room).cloned().unwrap_or_default();
+    /// Put a new connection in its slot, the demux and its room; returns its id.
+    fn insert(&mut self, conn: Conn, ufrag: &str) -> u32 {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -946,30 +1320,204 @@ impl Engine {
                 (self.conns.len() - 1) as u32
             }
         };
-        let mut touched = Vec::with_capacity(members.len() + 1);
-        for &m in &members {
+        self.by_participant.insert(conn.key.clone(), id);
+        self.rooms.entry(conn.room.clone()).or_default().push(id);
+        self.conns[id as usize] = Some(conn);
+        self.demux.insert_ufrag(ufrag, id);
+        id
+    }
+
+    /// Add `producer` to every auto-offering member of `room`; returns those changed.
+    fn add_producer_to_auto(
+        &mut self,
+        room: &str,
+        except: u32,
+        producer: &ParticipantId,
+    ) -> Result<Vec<u32>, EngineError> {
+        let members = self.rooms.get(room).cloned().unwrap_or_default();
+        let mut touched = Vec::new();
+        for m in members {
+            if m == except {
+                continue;
+            }
             let Some(mc) = self.conns.get_mut(m as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            let m_name = mc.participant.clone();
-            Self::add_send(mc, id, &participant)?;
-            touched.push(m);
-            Self::add_send(&mut conn, m, &m_name)?;
+            if mc.auto_offer && mc.sends.iter().all(|s| s.producer != *producer) {
+                Self::add_send(mc, producer.clone())?;
+                touched.push(m);
+            }
         }
+        Ok(touched)
+    }
+
+    /// Returns the answer and the connections that may need an offer.
+    fn join(
+        &mut self,
+        room: String,
+        participant: String,
+        offer: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(String, Vec<u32>), EngineError> {
+        if self.by_participant.contains_key(&participant) {
+            return Err(EngineError::Duplicate(participant));
+        }
+        let (pc, ufrag, answer) = self.new_pc(Some(offer))?;
+        let answer = answer.ok_or_else(|| EngineError::Rtc("no answer".into()))?;
+        let room: Arc<str> = Arc::from(room);
+        let pid: ParticipantId = Arc::from(participant.as_str());
+        let mut conn = Conn {
+            pc,
+            key: participant,
+            participant: pid.clone(),
+            room: room.clone(),
+            producer: Some(pid.clone()),
+            hook: None,
+            auto_offer: true,
+            events,
+            sends: Vec::new(),
+            connected: false,
+            awaiting_answer: false,
+            dirty: false,
+            armed: None,
+            counted_profile: false,
+            remote_set: true,
+            early: Vec::new(),
+        };
+        // Everyone already publishing in the room.
+        for m in self.rooms.get(&room).cloned().unwrap_or_default() {
+            if let Some(p) = self
+                .conns
+                .get(m as usize)
+                .and_then(Option::as_ref)
+                .and_then(|c| c.producer.clone())
+            {
+                Self::add_send(&mut conn, p)?;
+            }
+        }
+        let id = self.insert(conn, &ufrag);
+        let mut touched = self.add_producer_to_auto(&room, id, &pid)?;
         touched.push(id);
-        self.conns[id as usize] = Some(conn);
-        self.demux.insert_ufrag(&ufrag, id);
-        self.by_participant.insert(participant, id);
-        self.rooms.entry(room).or_default().push(id);
-        self.after_io(id, now);
+        self.after_io(id, Instant::now());
         Ok((answer, touched))
+    }
+
+    /// A publishing connection; replaces one with the same key. Returns the answer and the
+    /// auto-offering connections that may need an offer.
+    fn publish(
+        &mut self,
+        key: String,
+        room: Arc<str>,
+        producer: ParticipantId,
+        offer: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        hook: Option<PacketHook>,
+    ) -> Result<(String, Vec<u32>), EngineError> {
+        if let Some(&old) = self.by_participant.get(&key) {
+            self.remove(old, false);
+        }
+        let (pc, ufrag, answer) = self.new_pc(Some(offer))?;
+        let answer = answer.ok_or_else(|| EngineError::Rtc("no answer".into()))?;
+        let conn = Conn {
+            pc,
+            key,
+            participant: producer.clone(),
+            room: room.clone(),
+            producer: Some(producer.clone()),
+            hook,
+            auto_offer: false,
+            events,
+            sends: Vec::new(),
+            connected: false,
+            awaiting_answer: false,
+            dirty: false,
+            armed: None,
+            counted_profile: false,
+            remote_set: true,
+            early: Vec::new(),
+        };
+        let id = self.insert(conn, &ufrag);
+        let touched = self.add_producer_to_auto(&room, id, &producer)?;
+        self.after_io(id, Instant::now());
+        Ok((answer, touched))
+    }
+
+    /// Create or update a subscribing connection so that it carries exactly `producers`, and
+    /// make an offer.
+    fn subscribe(
+        &mut self,
+        key: String,
+        room: Arc<str>,
+        participant: ParticipantId,
+        producers: Vec<ParticipantId>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<String, EngineError> {
+        let id = match self.by_participant.get(&key) {
+            Some(&id) => id,
+            None => {
+                let (pc, ufrag, _) = self.new_pc(None)?;
+                let conn = Conn {
+                    pc,
+                    key,
+                    participant,
+                    room,
+                    producer: None,
+                    hook: None,
+                    auto_offer: false,
+                    events,
+                    sends: Vec::new(),
+                    connected: false,
+                    awaiting_answer: false,
+                    dirty: false,
+                    armed: None,
+                    counted_profile: false,
+                    remote_set: false,
+                    early: Vec::new(),
+                };
+                self.insert(conn, &ufrag)
+            }
+        };
+        let now = Instant::now();
+        let conn = self
+            .conn(id)
+            .ok_or_else(|| EngineError::Rtc("connection vanished".into()))?;
+        let mut i = 0;
+        while i < conn.sends.len() {
+            if producers.contains(&conn.sends[i].producer) {
+                i += 1;
+                continue;
+            }
+            let slot = conn.sends.remove(i);
+            conn.pc.remove_track(slot.sender).map_err(rtc_err)?;
+        }
+        for p in producers {
+            if conn.sends.iter().all(|s| s.producer != p) {
+                Self::add_send(conn, p)?;
+            }
+        }
+        let offer = conn.pc.create_offer(None).map_err(rtc_err)?;
+        conn.pc.set_local_description(now, offer).map_err(rtc_err)?;
+        let sdp = conn
+            .pc
+            .local_description()
+            .map(|d| complete_candidates(&d.sdp))
+            .ok_or_else(|| EngineError::Rtc("no local description".into()))?;
+        conn.dirty = false;
+        conn.awaiting_answer = true;
+        for s in &mut conn.sends {
+            s.offered = true;
+        }
+        tracing::debug!(key = %conn.key, tracks = conn.sends.len(), "engine: subscribe offer");
+        tracing::trace!(%sdp, "engine: subscribe offer sdp");
+        self.after_io(id, now);
+        Ok(sdp)
     }
 
     /// Send a server offer to `id` if its send set changed and no offer is outstanding.
     fn offer_if_needed(&mut self, id: u32) {
         let now = Instant::now();
         let Some(conn) = self.conn(id) else { return };
-        if !conn.dirty || conn.awaiting_answer {
+        if !conn.auto_offer || !conn.dirty || conn.awaiting_answer {
             return;
         }
         let r = conn
@@ -977,7 +1525,10 @@ impl Engine {
             .create_offer(None)
             .and_then(|o| conn.pc.set_local_description(now, o));
         let sdp = match r {
-            Ok(()) => conn.pc.local_description().map(|d| d.sdp),
+            Ok(()) => conn
+                .pc
+                .local_description()
+                .map(|d| complete_candidates(&d.sdp)),
             Err(e) => {
                 tracing::warn!(participant = %conn.participant, error = %e, "engine: server offer failed");
                 None
@@ -999,6 +1550,7 @@ impl Engine {
             .get(participant)
             .ok_or_else(|| EngineError::NoParticipant(participant.to_owned()))?;
         let now = Instant::now();
+        let local = self.local;
         let conn = self
             .conn(id)
             .ok_or_else(|| EngineError::NoParticipant(participant.to_owned()))?;
@@ -1010,7 +1562,21 @@ impl Engine {
         conn.pc
             .set_remote_description(now, answer)
             .map_err(|e| EngineError::BadSdp(e.to_string()))?;
+        tracing::debug!(key = %conn.key, "engine: answer applied");
         conn.awaiting_answer = false;
+        conn.remote_set = true;
+        for (d, from) in std::mem::take(&mut conn.early) {
+            let _ = conn.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: local,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(&d[..]),
+            });
+        }
         for i in 0..conn.sends.len() {
             if !conn.sends[i].offered || conn.sends[i].ready {
                 continue;
@@ -1043,7 +1609,7 @@ impl Engine {
         };
         self.free.push(id);
         self.demux.remove(id);
-        self.by_participant.remove(&conn.participant);
+        self.by_participant.remove(&conn.key);
         let _ = conn.pc.close();
         flush(&mut conn.pc, &self.socket, &self.counters);
         if notify {
@@ -1061,9 +1627,16 @@ impl Engine {
             }
             None => Vec::new(),
         };
+        let Some(gone) = conn.producer.clone() else {
+            return;
+        };
         for m in members {
             let Some(mc) = self.conn(m) else { continue };
-            if let Some(i) = mc.sends.iter().position(|s| s.producer == id) {
+            if !mc.auto_offer {
+                // Its owner renegotiates (`subscribe`) when the room tells it.
+                continue;
+            }
+            if let Some(i) = mc.sends.iter().position(|s| s.producer == gone) {
                 let slot = mc.sends.remove(i);
                 if mc.pc.remove_track(slot.sender).is_ok() {
                     mc.dirty = true;
@@ -1071,5 +1644,29 @@ impl Engine {
             }
             self.offer_if_needed(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_candidates;
+
+    #[test]
+    fn every_section_gets_the_candidates_and_an_end() {
+        let sdp = "v=0\r\na=group:BUNDLE 0 1\r\nm=audio 9 X 111\r\na=mid:0\r\n\
+            a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\nm=audio 9 X 111\r\na=mid:1\r\n";
+        let out = complete_candidates(sdp);
+        let sections: Vec<&str> = out.split("m=audio").skip(1).collect();
+        assert_eq!(sections.len(), 2);
+        for s in sections {
+            assert_eq!(
+                s.matches("a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n")
+                    .count(),
+                1,
+                "{s}"
+            );
+            assert_eq!(s.matches("a=end-of-candidates\r\n").count(), 1, "{s}");
+        }
+        assert!(out.starts_with("v=0\r\na=group:BUNDLE 0 1\r\n"));
     }
 }

@@ -776,6 +776,7 @@ async fn run(
             },
             m = downlink.recv() => match m {
                 Some(SinkMsg::Packet(p)) => engine.on_room_packet(&p, Instant::now()),
+                Some(SinkMsg::Room(..)) => {}
                 None => break LeaveReason::Disconnected,
             },
             _ = &mut due => {

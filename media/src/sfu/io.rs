@@ -15,6 +15,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::{Emitter, ParticipantEvent, Room, RoomEvent, Target, lock};
+use crate::engine::PeerEvent as EnginePeerEvent;
 use crate::forward::{ConsumerSet, MediaPacket, SinkMsg, fan_out};
 use crate::level::parse_audio_level;
 use crate::peer::{OPUS_CLOCK_RATE, PeerEvent, PeerFactory};
@@ -123,10 +124,61 @@ pub(super) struct PublisherCtx {
     pub(super) producer: ParticipantId,
     pub(super) level_ext: Arc<AtomicU8>,
     pub(super) stats: Arc<MediaStats>,
+    /// Read by a media engine worker (which forwards to its own connections itself).
+    pub(super) in_engine: bool,
 }
 
-/// The publisher's hot path: every packet of its track fanned out to the room's subscribers
-/// and taps.
+impl PublisherCtx {
+    /// One packet of the publisher: levels, counters, and the room's fan-out (subscriber
+    /// queues, taps, phone legs, the engine's queue). False when the room is gone.
+    pub(super) fn on_packet(&self, pkt: &rtp::Packet, now: Instant) -> bool {
+        let Some(room) = self.room.upgrade() else {
+            return false;
+        };
+        let ext = self.level_ext.load(Ordering::Relaxed);
+        let level = if ext != 0 {
+            pkt.header
+                .get_extension(ext)
+                .and_then(|b| parse_audio_level(&b))
+                .map(|(l, _)| l)
+        } else {
+            None
+        };
+        MediaStats::add(&self.stats.packets_in, 1);
+        MediaStats::add(&self.stats.bytes_in, pkt.payload.len() as u64);
+        if let Some(l) = level {
+            lock(&room.levels).observe(&self.producer, l, now);
+        }
+        let routes = room.routes.load();
+        if routes.taps.is_empty()
+            && routes.sinks.iter().all(|s| s.engine_room.is_some())
+            && self.in_engine
+        {
+            // Nobody outside the engine to hand it to.
+            return true;
+        }
+        let mp = Arc::new(MediaPacket {
+            producer: self.producer.clone(),
+            ssrc: pkt.header.ssrc,
+            payload_type: pkt.header.payload_type,
+            sequence: pkt.header.sequence_number,
+            timestamp: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            audio_level: level,
+            arrival: now,
+            arrival_wall: SystemTime::now(),
+            payload: pkt.payload.clone(),
+            system: false,
+            only_to: None,
+            in_engine: self.in_engine,
+        });
+        fan_out(&routes, &mp, &self.stats);
+        true
+    }
+}
+
+/// The publisher's hot path (webrtc-rs connections): every packet of its track fanned out to
+/// the room's subscribers and taps.
 pub(super) async fn read_loop(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
     if track.kind().await != RtpCodecKind::Audio {
         tracing::warn!(participant = %ctx.producer, "ignoring a non-audio track");
@@ -138,42 +190,73 @@ pub(super) async fn read_loop(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
             TrackRemoteEvent::OnEnded => break,
             _ => continue,
         };
-        let Some(room) = ctx.room.upgrade() else {
+        if !ctx.on_packet(&pkt, Instant::now()) {
             break;
-        };
-        let now = Instant::now();
-        let ext = ctx.level_ext.load(Ordering::Relaxed);
-        let level = if ext != 0 {
-            pkt.header
-                .get_extension(ext)
-                .and_then(|b| parse_audio_level(&b))
-                .map(|(l, _)| l)
-        } else {
-            None
-        };
-        MediaStats::add(&ctx.stats.packets_in, 1);
-        MediaStats::add(&ctx.stats.bytes_in, pkt.payload.len() as u64);
-        if let Some(l) = level {
-            lock(&room.levels).observe(&ctx.producer, l, now);
         }
-        let mp = Arc::new(MediaPacket {
-            producer: ctx.producer.clone(),
-            ssrc: pkt.header.ssrc,
-            payload_type: pkt.header.payload_type,
-            sequence: pkt.header.sequence_number,
-            timestamp: pkt.header.timestamp,
-            marker: pkt.header.marker,
-            audio_level: level,
-            arrival: now,
-            arrival_wall: SystemTime::now(),
-            payload: pkt.payload,
-            system: false,
-            only_to: None,
-        });
-        let routes = room.routes.load();
-        fan_out(&routes, &mp, &ctx.stats);
     }
     tracing::debug!(participant = %ctx.producer, "publisher track ended");
+}
+
+/// [`watch_peer`] for a media engine connection: connection state to listener counts and media
+/// timeouts.
+pub(super) async fn watch_engine(
+    mut rx: mpsc::UnboundedReceiver<EnginePeerEvent>,
+    target: Target,
+    events: mpsc::UnboundedSender<ParticipantEvent>,
+    media_timeout: Duration,
+    listener: Option<ListenerCtx>,
+) {
+    let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
+    let mut counted = false;
+    let mut count = |up: bool| {
+        if let Some(l) = &listener
+            && up != counted
+        {
+            if up {
+                l.count.fetch_add(1, Ordering::Relaxed);
+                l.events.emit(RoomEvent::Listening {
+                    room: l.room.to_string(),
+                    participant: l.participant.to_string(),
+                });
+            } else {
+                l.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            counted = up;
+        }
+    };
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                // The connection was closed by its owner (its sender went with it).
+                None => break,
+                Some(EnginePeerEvent::Connected) => {
+                    tracing::debug!(?target, "engine connection connected");
+                    count(true);
+                    deadline = None;
+                }
+                Some(EnginePeerEvent::Disconnected) => {
+                    count(false);
+                    deadline.get_or_insert(tokio::time::Instant::now() + media_timeout);
+                }
+                Some(EnginePeerEvent::Closed) => {
+                    let _ = events.send(ParticipantEvent::MediaTimeout(target));
+                    break;
+                }
+                Some(EnginePeerEvent::Offer(_)) => {}
+            },
+            _ = sleep => {
+                deadline = None;
+                let _ = events.send(ParticipantEvent::MediaTimeout(target));
+            }
+        }
+    }
+    count(false);
 }
 
 pub(super) enum WriterCtrl {

@@ -47,6 +47,7 @@ impl Sfu {
                 subscriber: p.id.clone(),
                 only: None,
                 tx,
+                engine_room: None,
             });
             p.room.publish_routes(&st);
             MediaStats::gauge(&self.inner.stats.subscribers, 1);
@@ -109,6 +110,7 @@ impl LegPort {
             payload,
             system: false,
             only_to: None,
+            in_engine: false,
         });
         let routes = p.room.routes.load();
         fan_out(&routes, &pkt, &p.sfu.inner.stats);

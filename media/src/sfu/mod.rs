@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCIceCandidateInit;
 
+use crate::engine::{CountersSnapshot, EngineConfig, Worker};
 use crate::peer::{OPUS_PT, PeerConfig, PeerError, PeerFactory};
 use crate::room::{
     LeaveReason, Notice, ParticipantId, ParticipantKind, ParticipantMeta, RoomError,
@@ -64,6 +65,20 @@ pub struct SfuConfig {
     pub media_timeout: Duration,
     /// Upper bound on any one SDP operation or ICE gathering.
     pub negotiation_timeout: Duration,
+    /// Run signaling and WHIP participants on the shared-socket media engine
+    /// ([`crate::engine`]); `None`: a webrtc-rs connection with its own port each. WHEP viewers
+    /// and SIP WebRTC legs use webrtc-rs connections either way.
+    pub shared: Option<SharedConfig>,
+}
+
+/// The shared-socket media engine's workers.
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    /// UDP port of worker 0 (on `peer.bind_ip`); worker `i` binds `port + i`. 0: any free port
+    /// for each.
+    pub port: u16,
+    /// Worker threads, each with its socket; a room lives on one, chosen by its name.
+    pub workers: usize,
 }
 
 /// Which of a participant's connections an event is about.
@@ -129,6 +144,8 @@ pub struct Sfu {
 struct SfuInner {
     cfg: SfuConfig,
     factory: PeerFactory,
+    /// The media engine's workers (empty without [`SfuConfig::shared`]).
+    engines: Vec<Worker>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     stats: Arc<MediaStats>,
     closing: AtomicBool,
@@ -194,13 +211,52 @@ impl SfuInner {
 }
 
 impl Sfu {
-    pub fn new(cfg: SfuConfig) -> Self {
+    /// Start the SFU (and the media engine's workers, binding their sockets).
+    pub fn new(cfg: SfuConfig) -> std::io::Result<Self> {
         let stats = Arc::new(MediaStats::default());
         let factory = PeerFactory::new(cfg.peer.clone(), stats.clone());
-        Sfu {
+        let mut engines = Vec::new();
+        if let Some(sh) = &cfg.shared {
+            let announce_ip = cfg
+                .peer
+                .announced_ips
+                .first()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            for i in 0..sh.workers.max(1) {
+                let port = if sh.port == 0 {
+                    0
+                } else {
+                    sh.port.checked_add(i as u16).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "media.shared_port + workers exceeds 65535",
+                        )
+                    })?
+                };
+                let bind = std::net::SocketAddr::new(cfg.peer.bind_ip, port);
+                let w = Worker::spawn(EngineConfig {
+                    bind,
+                    announce_ip,
+                    ice_disconnected: cfg.peer.ice_disconnected,
+                    ice_failed: cfg.peer.ice_failed,
+                    stats: Some(stats.clone()),
+                })
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("media engine on {bind}: {e}"))
+                })?;
+                tracing::info!(
+                    worker = i,
+                    port = w.local_addr().port(),
+                    "media engine worker started"
+                );
+                engines.push(w);
+            }
+        }
+        Ok(Sfu {
             inner: Arc::new(SfuInner {
                 cfg,
                 factory,
+                engines,
                 rooms: Mutex::new(HashMap::new()),
                 stats,
                 closing: AtomicBool::new(false),
@@ -210,7 +266,48 @@ impl Sfu {
                 events: Emitter::default(),
                 idle: tokio::sync::Notify::new(),
             }),
+        })
+    }
+
+    /// The media engine worker a room lives on (`None` without the engine).
+    fn engine_for(&self, room: &str) -> Option<&Worker> {
+        let n = self.inner.engines.len();
+        if n == 0 {
+            return None;
         }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut h);
+        self.inner.engines.get((h.finish() % n as u64) as usize)
+    }
+
+    /// The media engine workers' UDP ports (empty without the engine).
+    pub fn engine_ports(&self) -> Vec<u16> {
+        self.inner
+            .engines
+            .iter()
+            .map(|w| w.local_addr().port())
+            .collect()
+    }
+
+    /// The media engine workers' counters, summed.
+    pub fn engine_counters(&self) -> CountersSnapshot {
+        let mut t = CountersSnapshot::default();
+        for w in &self.inner.engines {
+            let c = w.counters().snapshot();
+            t.datagrams_in += c.datagrams_in;
+            t.datagrams_out += c.datagrams_out;
+            t.forwarded += c.forwarded;
+            t.junk += c.junk;
+            t.bad_stun += c.bad_stun;
+            t.unknown_source += c.unknown_source;
+            t.stun_unknown_ufrag += c.stun_unknown_ufrag;
+            t.srtp_failures += c.srtp_failures;
+            t.rtcp_in += c.rtcp_in;
+            t.injected += c.injected;
+            t.send_errors += c.send_errors;
+        }
+        t
     }
 
     pub fn stats(&self) -> &Arc<MediaStats> {
@@ -310,6 +407,8 @@ impl Sfu {
                 publish: None,
                 level_ext: Arc::new(AtomicU8::new(0)),
                 subscribe: None,
+                engine_publish: None,
+                engine_subscribe: None,
                 left: false,
             };
             return Ok((p, others));

@@ -14,9 +14,10 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::io::{ListenerCtx, PublisherCtx, WriterCtrl, watch_peer, writer_task};
+use super::io::{ListenerCtx, PublisherCtx, WriterCtrl, watch_engine, watch_peer, writer_task};
 use super::negotiate::{complete_local_sdp, local_track, negotiated_pt};
 use super::{ParticipantEvent, Room, RoomEvent, Sfu, SfuError, SubscribedTrack, Target, lock};
+use crate::engine::{EngineError, PacketHook};
 use crate::forward::SubscriberSink;
 use crate::level::AUDIO_LEVEL_URI;
 use crate::peer::{Peer, PeerError, extmap_id, offers_opus};
@@ -50,7 +51,18 @@ pub struct Participant {
     pub(super) publish: Option<Peer>,
     pub(super) level_ext: Arc<AtomicU8>,
     pub(super) subscribe: Option<SubscribeSide>,
+    /// Its connections on the media engine, by key (when the room's worker carries them).
+    pub(super) engine_publish: Option<String>,
+    pub(super) engine_subscribe: Option<String>,
     pub(super) left: bool,
+}
+
+fn engine_error(e: EngineError) -> SfuError {
+    match e {
+        EngineError::BadSdp(m) => SfuError::BadSdp(m),
+        EngineError::Stopped => SfuError::ShuttingDown,
+        other => SfuError::Peer(PeerError::Webrtc(other.to_string())),
+    }
 }
 
 impl Participant {
@@ -66,6 +78,58 @@ impl Participant {
             return Err(SfuError::BadSdp(
                 "the offer has no audio m-line with Opus/48000".into(),
             ));
+        }
+        if let Some(w) = self.sfu.engine_for(&self.room.name) {
+            if let Some(id) = extmap_id(&offer, AUDIO_LEVEL_URI) {
+                self.level_ext.store(id, Ordering::Relaxed);
+            }
+            let ctx = PublisherCtx {
+                room: Arc::downgrade(&self.room),
+                producer: self.id.clone(),
+                level_ext: self.level_ext.clone(),
+                stats: self.sfu.inner.stats.clone(),
+                in_engine: true,
+            };
+            let hook: PacketHook = Arc::new(move |p, now| {
+                ctx.on_packet(p, now);
+            });
+            let key = format!("{}:publish", self.id);
+            let (etx, erx) = mpsc::unbounded_channel();
+            let answer = tokio::time::timeout(
+                self.sfu.inner.cfg.negotiation_timeout,
+                w.publish(
+                    &key,
+                    self.room.name.clone(),
+                    self.id.clone(),
+                    offer,
+                    etx,
+                    Some(hook),
+                ),
+            )
+            .await
+            .map_err(|_| PeerError::Timeout("publish negotiation"))?
+            .map_err(engine_error)?;
+            tokio::spawn(watch_engine(
+                erx,
+                Target::Publish,
+                self.events_tx.clone(),
+                self.sfu.inner.cfg.media_timeout,
+                None,
+            ));
+            self.engine_publish = Some(key);
+            // Every candidate is in the answer (ICE-lite, one host candidate).
+            if !complete {
+                let _ = self.events_tx.send(ParticipantEvent::LocalCandidate {
+                    target: Target::Publish,
+                    candidate: None,
+                });
+            }
+            let mut st = lock(&self.room.state);
+            let notices = st.model.set_publishing(&self.id, true)?;
+            self.room.dispatch(&st, notices);
+            drop(st);
+            tracing::debug!(participant = %self.id, ms = started.elapsed().as_millis() as u64, "publish answered (engine)");
+            return Ok(answer);
         }
         let desc = RTCSessionDescription::offer(offer.clone())
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
@@ -116,6 +180,7 @@ impl Participant {
                 producer: self.id.clone(),
                 level_ext: self.level_ext.clone(),
                 stats: self.sfu.inner.stats.clone(),
+                in_engine: false,
             };
             let rx = if complete {
                 let (full, rest) = complete_local_sdp(peer, prx, timeout).await?;
@@ -147,6 +212,52 @@ impl Participant {
     /// offer. Returns the SDP and the tracks it carries.
     pub async fn subscribe_offer(&mut self) -> Result<(String, Vec<SubscribedTrack>), SfuError> {
         let started = std::time::Instant::now();
+        if let Some(w) = self.sfu.engine_for(&self.room.name) {
+            let (etx, erx) = mpsc::unbounded_channel();
+            let key = format!("{}:subscribe", self.id);
+            let first = self.engine_subscribe.is_none();
+            let wanted = lock(&self.room.state).model.producers_for(&self.id);
+            let producers: Vec<ParticipantId> = wanted.iter().map(|m| m.id.clone()).collect();
+            let sdp = tokio::time::timeout(
+                self.sfu.inner.cfg.negotiation_timeout,
+                w.subscribe(
+                    &key,
+                    self.room.name.clone(),
+                    self.id.clone(),
+                    producers,
+                    etx,
+                ),
+            )
+            .await
+            .map_err(|_| PeerError::Timeout("subscribe offer"))?
+            .map_err(engine_error)?;
+            if first {
+                MediaStats::gauge(&self.sfu.inner.stats.subscribers, 1);
+                tokio::spawn(watch_engine(
+                    erx,
+                    Target::Subscribe,
+                    self.events_tx.clone(),
+                    self.sfu.inner.cfg.media_timeout,
+                    Some(ListenerCtx {
+                        count: self.room.listeners.clone(),
+                        events: self.sfu.inner.events.clone(),
+                        room: self.room.name.clone(),
+                        participant: self.id.clone(),
+                    }),
+                ));
+                self.engine_subscribe = Some(key);
+            }
+            let tracks = wanted
+                .iter()
+                .map(|m| SubscribedTrack {
+                    participant_id: m.id.clone(),
+                    stream_id: m.id.to_string(),
+                    track_id: format!("audio-{}", m.id),
+                })
+                .collect();
+            tracing::debug!(participant = %self.id, ms = started.elapsed().as_millis() as u64, "subscribe offer made (engine)");
+            return Ok((sdp, tracks));
+        }
         if self.subscribe.is_none() {
             let (ptx, prx) = mpsc::unbounded_channel();
             let peer = self.sfu.inner.factory.create(ptx).await?;
@@ -180,6 +291,7 @@ impl Participant {
                     subscriber: self.id.clone(),
                     only: None,
                     tx: sink_tx,
+                    engine_room: None,
                 });
                 self.room.publish_routes(&st);
             }
@@ -269,6 +381,15 @@ impl Participant {
     /// Apply the client's answer to the latest subscribe offer; new tracks start flowing.
     pub async fn subscribe_answer(&mut self, sdp: String) -> Result<(), SfuError> {
         let timeout = self.sfu.inner.cfg.negotiation_timeout;
+        if let (Some(w), Some(key)) = (
+            self.sfu.engine_for(&self.room.name),
+            self.engine_subscribe.as_deref(),
+        ) {
+            return tokio::time::timeout(timeout, w.answer(key, sdp))
+                .await
+                .map_err(|_| PeerError::Timeout("subscribe answer"))?
+                .map_err(engine_error);
+        }
         let Some(sub) = self.subscribe.as_mut() else {
             return Err(SfuError::State("no subscribe offer was made"));
         };
@@ -300,6 +421,14 @@ impl Participant {
         target: Target,
         candidate: Option<RTCIceCandidateInit>,
     ) -> Result<(), SfuError> {
+        let on_engine = match target {
+            Target::Publish => self.engine_publish.is_some(),
+            Target::Subscribe => self.engine_subscribe.is_some(),
+        };
+        if on_engine {
+            // ICE-lite: the engine learns the client's address from its checks.
+            return Ok(());
+        }
         let peer = match target {
             Target::Publish => self.publish.as_ref(),
             Target::Subscribe => self.subscribe.as_ref().map(|s| &s.peer),
@@ -337,6 +466,15 @@ impl Participant {
             return;
         }
         self.left = true;
+        if let Some(w) = self.sfu.engine_for(&self.room.name) {
+            if let Some(k) = self.engine_publish.take() {
+                w.close(&k);
+            }
+            if let Some(k) = self.engine_subscribe.take() {
+                w.close(&k);
+                MediaStats::gauge(&self.sfu.inner.stats.subscribers, -1);
+            }
+        }
         let mut st = lock(&self.room.state);
         if let Ok((_, notices)) = st.model.leave(&self.id, reason) {
             st.members.remove(&self.id);

@@ -57,17 +57,33 @@ impl Sfu {
         if let Some(r) = rooms.get(name) {
             return r.clone();
         }
+        let name_arc: Arc<str> = Arc::from(name);
+        // The room's engine worker hears every packet not read by the worker itself (system
+        // audio, phone legs, webrtc-rs publishers) for its connections in this room.
+        let sinks: Vec<SubscriberSink> = self
+            .engine_for(name)
+            .map(|w| SubscriberSink {
+                subscriber: Arc::from(""),
+                only: None,
+                tx: w.inject_sender(),
+                engine_room: Some(name_arc.clone()),
+            })
+            .into_iter()
+            .collect();
         let room = Arc::new(Room {
-            name: Arc::from(name),
+            name: name_arc,
             listeners: Arc::new(AtomicUsize::new(0)),
             state: Mutex::new(RoomState {
                 model: RoomModel::new(name, self.inner.cfg.max_participants_per_room),
                 members: HashMap::new(),
-                sinks: Vec::new(),
+                sinks: sinks.clone(),
                 taps: Vec::new(),
                 closed: false,
             }),
-            routes: ArcSwap::from_pointee(Routes::default()),
+            routes: ArcSwap::from_pointee(Routes {
+                sinks,
+                taps: Vec::new(),
+            }),
             levels: Mutex::new(SpeakerDetector::new()),
         });
         rooms.insert(name.to_string(), room.clone());

@@ -144,6 +144,7 @@ impl SystemSource {
                 payload: f.clone(),
                 system: true,
                 only_to: only_to.clone(),
+                in_engine: false,
             });
             let routes = room.routes.load();
             fan_out(&routes, &mp, &self.stats);

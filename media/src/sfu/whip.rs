@@ -113,6 +113,7 @@ impl Sfu {
                         subscriber: sub_pid.clone(),
                         only: Some(producer_id.clone()),
                         tx: sink_tx,
+                        engine_room: None,
                     });
                     r.publish_routes(&st);
                 }
