@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # commhub and Janus (VideoRoom, audio only) under identical load on this machine, one after the
-# other, and the ratios. The headline figure is server CPU per forwarded packet.
+# other, and the ratios. The headline figure is server CPU per forwarded packet. The floor (a null
+# forwarder, benches/src/bin/floor.rs: recv + one sendto per destination, no crypto) carries the
+# same traffic in the same window, as the cheapest data path to compare both with.
 #
 #   benches/compare.sh [SCENARIO...]      SCENARIO = ROOMSxPARTICIPANTS, default: 1x10 5x10
 #
@@ -11,10 +13,15 @@
 #   RECORDING [false when the binary has recording]: sets COMMHUB_RECORDING__ENABLED for
 #     commhub; false measures pure forwarding, like Janus, which records nothing. `default`
 #     leaves the binary's own default.
-#   REPEAT [1]: run every scenario this many times (the order of the two servers alternates);
+#   REPEAT [1]: run every scenario this many times (the order of the servers alternates);
 #     the summary shows medians and each repetition's CPU ratio
-#   CAPACITY [0]: 1 also runs --find-capacity on both (STEP_ROOMS [2] rooms of the scenario's
-#     size per step, STEP_SECS [10], MAX_LOSS_PCT [1], MAX_P99_MS [50])
+#   FLOOR [1]: also run the floor (`floor`, plain-UDP participants from `load --target floor`);
+#     0 leaves its column empty. FLOOR_BIN [floor next to LOAD_BIN]
+#   LIGHT [0]: 1 runs the generator with --light for commhub and Janus alike: the same webrtc-rs
+#     joins, then every participant's SRTP sent and received on one thread of its own
+#     (benches/src/light.rs), so the generator needs a fraction of a core per packet
+#   CAPACITY [0]: 1 also runs --find-capacity on CAPACITY_TARGETS [commhub janus] (STEP_ROOMS
+#     [2] rooms of the scenario's size per step, STEP_SECS [10], MAX_LOSS_PCT [1], MAX_P99_MS [50])
 #   QUIET_PCT [10], QUIET_WAIT [600]: before each run, wait up to QUIET_WAIT seconds for the
 #     machine's CPU pressure (PSI some avg10: share of time a task waited for a CPU) to fall
 #     under QUIET_PCT %, so other work on a shared machine disturbs the figures less; each
@@ -68,6 +75,11 @@ fi
 [ "$RECORDING" = default ] && RECORDING=
 CAPACITY=${CAPACITY:-0}
 LOAD_BIN=${LOAD_BIN:-$root/target/release/load}
+FLOOR=${FLOOR:-1}
+FLOOR_BIN=${FLOOR_BIN:-$(dirname "$LOAD_BIN")/floor}
+LIGHT=${LIGHT:-0}
+light_args=()
+[ "$LIGHT" = 1 ] && light_args=(--light)
 OUT=${OUT:-/tmp/commhub-compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -85,6 +97,7 @@ nproc: $(nproc)
 cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
 janus: $(janus --version 2>/dev/null | head -1), event loops: ${JANUS_EVENT_LOOPS:-one per handle (default)}
 server cpus: $SERVER_CPUS, generator cpus: $LOAD_CPUS
+generator: $([ "$LIGHT" = 1 ] && echo "light (webrtc-rs joins, SRTP on one thread)" || echo "webrtc-rs"); floor: $([ "$FLOOR" = 1 ] && echo "$FLOOR_BIN" || echo "not run")
 commhub recording: ${RECORDING:-binary default (the binary may have none)}
 load average before: $(cut -d' ' -f1-3 /proc/loadavg)
 EOF
@@ -139,6 +152,15 @@ run() {
         server_pid=$!
         wait_port 18080 || { echo "commhub did not start" >&2; cat "$OUT/$name.server.log" >&2; exit 1; }
         url=ws://127.0.0.1:18080/ws
+    elif [ "$target" = floor ]; then
+        taskset -c "$SERVER_CPUS" "$FLOOR_BIN" --listen 127.0.0.1:18090 >"$OUT/$name.server.log" 2>&1 &
+        server_pid=$!
+        for _ in $(seq 100); do
+            grep -q listening "$OUT/$name.server.log" 2>/dev/null && break
+            sleep 0.1
+        done
+        grep -q listening "$OUT/$name.server.log" || { echo "floor did not start" >&2; cat "$OUT/$name.server.log" >&2; exit 1; }
+        url=udp://127.0.0.1:18090
     else
         JANUS_CPUS=$SERVER_CPUS "$root/benches/janus.sh" start "$OUT/janus" 18188 45000-49999 >/dev/null
         server_pid=$(cat "$OUT/janus/janus.pid")
@@ -148,7 +170,7 @@ run() {
     local rc=0
     taskset -c "$LOAD_CPUS" "$LOAD_BIN" --target "$target" --url "$url" --server-pid "$server_pid" \
         --ramp "$RAMP" --warmup "$WARMUP" --json "$OUT/$name.json" --plot "$OUT/$name.png" \
-        "$@" 2>"$OUT/$name.load.log" | tee "$OUT/$name.table.txt" || rc=$?
+        ${light_args[@]+"${light_args[@]}"} "$@" 2>"$OUT/$name.load.log" | tee "$OUT/$name.table.txt" || rc=$?
     if [ "$target" = janus ]; then cp "$OUT/janus/janus.log" "$OUT/$name.server.log" || true; fi
     stop_server
     [ $rc -eq 0 ] || echo "warning: $name: the generator exited with $rc (see $OUT/$name.load.log)" >&2
@@ -161,13 +183,20 @@ for r in $(seq "$REPEAT"); do
         rooms=${s%x*}
         parts=${s#*x}
         # Alternate which server goes first, so a drift of the machine does not favour one.
-        order=(commhub janus)
-        [ $((r % 2)) -eq 0 ] && order=(janus commhub)
+        # The floor runs in the same window: last, then first.
+        if [ $((r % 2)) -eq 1 ]; then
+            order=(commhub janus)
+            [ "$FLOOR" = 1 ] && order+=(floor)
+        else
+            order=(janus commhub)
+            [ "$FLOOR" = 1 ] && order=(floor janus commhub)
+        fi
         suffix=
         [ "$REPEAT" -gt 1 ] && suffix="-r$r"
         for target in "${order[@]}"; do
             label="recording ${RECORDING:-default}"
             [ "$target" = janus ] && label="videoroom audio-only"
+            [ "$target" = floor ] && label="null forwarder"
             run "$target" "$target-$s$suffix" --rooms "$rooms" --participants "$parts" \
                 --duration "$DURATION" --label "$label"
         done
@@ -176,7 +205,7 @@ done
 if [ "$CAPACITY" = 1 ]; then
     s=${scenarios[0]}
     parts=${s#*x}
-    for target in commhub janus; do
+    for target in ${CAPACITY_TARGETS:-commhub janus}; do
         run "$target" "$target-capacity-x$parts" --find-capacity --rooms "${STEP_ROOMS:-2}" \
             --step-rooms "${STEP_ROOMS:-2}" --participants "$parts" --step-secs "${STEP_SECS:-10}" \
             --max-loss-pct "${MAX_LOSS_PCT:-1}" --max-p99-ms "${MAX_P99_MS:-50}"
@@ -216,12 +245,13 @@ rows = [
     ("server RSS MB", ("server_rss_mb",), 1, "low", 1),
     ("RSS MB per participant", ("server_rss_mb_per_participant",), 2, "low", 1),
     ("generator CPU % of a core", ("steady", "generator_cpu_pct_of_one_core"), 1, None, 1),
+    ("generator us CPU per packet", ("steady", "generator_cpu_us_per_forwarded_packet"), 2, None, 1),
     ("machine CPU pressure %", ("steady", "machine_cpu_pressure_pct"), 1, None, 1),
     ("machine CPU steal %", ("steady", "machine_cpu_steal_pct"), 1, None, 1),
 ]
 print(open(os.path.join(out, "machine.txt")).read())
 for s in scenarios:
-    c, j = reports("commhub", s), reports("janus", s)
+    c, j, fl = reports("commhub", s), reports("janus", s), reports("floor", s)
     if not c or not j:
         print(f"{s}: missing report(s)")
         continue
@@ -229,16 +259,26 @@ for s in scenarios:
     print(f"{s.replace('x', ' room(s) x ')} participants, 50 pkt/s each, "
           f"{get(c[0], 'steady', 'seconds'):.0f} s measured, {n} run(s) each"
           f"{' (medians)' if n > 1 else ''}; joined commhub {[r['joined'] for r in c]} "
-          f"janus {[r['joined'] for r in j]}, failed {[r['failed'] for r in c]} / {[r['failed'] for r in j]}")
-    print(f"  {'':28} {'commhub':>10} {'janus':>10} {'commhub better by':>18}")
+          f"janus {[r['joined'] for r in j]}, failed {[r['failed'] for r in c]} / {[r['failed'] for r in j]}"
+          + (f"; floor joined {[r['joined'] for r in fl]}" if fl else ""))
+    print(f"  generator: {c[0].get('generator', 'webrtc-rs')}")
+    # The floor columns: its value, and commhub's and Janus's as multiples of it.
+    print(f"  {'':28} {'commhub':>10} {'janus':>10} {'commhub better by':>18}"
+          f" {'floor':>10} {'commhub/floor':>14} {'janus/floor':>12}")
     for label, path, d, better, scale in rows:
         a, b = median(c, path, scale), median(j, path, scale)
+        f = median(fl, path, scale) if fl else None
         fa = "-" if a is None else f"{a:.{d}f}"
         fb = "-" if b is None else f"{b:.{d}f}"
+        ff = "-" if f is None else f"{f:.{d}f}"
         ratio = ""
         if better and a and b:
             ratio = f"{(b / a if better == 'low' else a / b):.2f}x"
-        print(f"  {label:28} {fa:>10} {fb:>10} {ratio:>18}")
+        # No ratio to a floor figure that rounds to 0 (its RSS growth per participant).
+        fz = f is None or float(ff) == 0
+        rcf = f"{a / f:.2f}x" if better and a and not fz else ""
+        rjf = f"{b / f:.2f}x" if better and b and not fz else ""
+        print(f"  {label:28} {fa:>10} {fb:>10} {ratio:>18} {ff:>10} {rcf:>14} {rjf:>12}")
     if n > 1:
         per = []
         for rc, rj in zip(c, j):
@@ -247,8 +287,11 @@ for s in scenarios:
             if uc and uj:
                 per.append(f"{uc:.1f}/{uj:.1f}={uj / uc:.2f}x")
         print(f"  us per packet, commhub/janus, each run: {', '.join(per)}")
+        if fl:
+            uf = [get(r, "steady", "server_cpu_us_per_forwarded_packet") for r in fl]
+            print(f"  us per packet, floor, each run: {', '.join('-' if u is None else f'{u:.2f}' for u in uf)}")
     print()
-for t in ("commhub", "janus"):
+for t in ("commhub", "janus", "floor"):
     for f in sorted(os.listdir(out)):
         if f.startswith(t + "-capacity") and f.endswith(".json"):
             r = json.load(open(os.path.join(out, f)))

@@ -49,6 +49,7 @@ fn room(n: usize) -> Room {
             subscriber: Arc::from(format!("p{i}")),
             only: None,
             tx,
+            engine_room: None,
         });
         if i > 0 {
             rxs.push(rx);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::light::{Engine, LightPc, Publish};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -158,24 +159,82 @@ impl PeerConnectionEventHandler for H {
     }
 }
 
+/// A publish connection as [`publish_offer`] makes it.
+pub(crate) struct PublishPc {
+    pub pc: Arc<dyn PeerConnection>,
+    pub rx: mpsc::UnboundedReceiver<PcEvent>,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+    pub offer: RTCSessionDescription,
+    /// With the light engine: the handle that takes its media over after DTLS.
+    pub light: Option<LightPc>,
+}
+
 /// A publish connection with one sendonly Opus track (its own random SSRC) and the offer for
 /// it, already set as the local description. Shared by the commhub and Janus clients.
 pub(crate) async fn publish_offer(
     stream_id: &str,
     index: u8,
-) -> anyhow::Result<(
-    Arc<dyn PeerConnection>,
-    mpsc::UnboundedReceiver<PcEvent>,
-    Arc<TrackLocalStaticRTP>,
-    u32,
-    RTCSessionDescription,
-)> {
-    let (pc, rx) = new_pc().await?;
+    light: Option<&Arc<Engine>>,
+) -> anyhow::Result<PublishPc> {
+    let (pc, rx, light) = new_pc(light).await?;
     let (track, ssrc) = opus_track(stream_id, &format!("mic-{index}"));
     pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
     let offer = pc.create_offer(None).await?;
     pc.set_local_description(offer.clone()).await?;
-    Ok((pc, rx, track, ssrc, offer))
+    Ok(PublishPc {
+        pc,
+        rx,
+        track,
+        ssrc,
+        offer,
+        light,
+    })
+}
+
+/// Start publishing `payload(n)` at 50 packets/s on a publish connection: through webrtc-rs
+/// ([`spawn_opus_sender`]), or, with the light engine, from the engine once DTLS is done.
+pub(crate) fn start_publishing(
+    light: Option<LightPc>,
+    pc: &Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload: PayloadFn,
+    sent: Arc<dyn Fn(u32) + Send + Sync>,
+) -> tokio::task::JoinHandle<()> {
+    match light {
+        Some(light) => {
+            let pc = pc.clone();
+            let publish = Publish {
+                ssrc,
+                payload,
+                sent: Some(sent),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = light.take_over(pc, None, Some(publish)).await {
+                    eprintln!("light: publish connection: {e:#}");
+                }
+            })
+        }
+        None => spawn_opus_sender(track, ssrc, move |n| payload(n), move |n| sent(n)),
+    }
+}
+
+/// With the light engine, hand a subscribe connection's received media to it once DTLS is
+/// done.
+pub(crate) fn take_over_subscriber(
+    light: Option<LightPc>,
+    pc: &Arc<dyn PeerConnection>,
+    on_rtp: Option<RtpFn>,
+) {
+    if let Some(light) = light {
+        let pc = pc.clone();
+        tokio::spawn(async move {
+            if let Err(e) = light.take_over(pc, on_rtp, None).await {
+                eprintln!("light: subscribe connection: {e:#}");
+            }
+        });
+    }
 }
 
 /// A sendonly Opus track with a random SSRC of its own (returned with it).
@@ -230,30 +289,43 @@ pub fn spawn_opus_sender(
     })
 }
 
-pub(crate) async fn new_pc()
--> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<PcEvent>)> {
+/// A client peer connection on one loopback socket. With the light engine (`light`), the same
+/// connection, whose socket and SRTP keys the engine can take over (see [`crate::light`]).
+pub(crate) async fn new_pc(
+    light: Option<&Arc<Engine>>,
+) -> anyhow::Result<(
+    Arc<dyn PeerConnection>,
+    mpsc::UnboundedReceiver<PcEvent>,
+    Option<LightPc>,
+)> {
     let (me, reg) = media_engine()?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let pc = PeerConnectionBuilder::new()
+    // Browsers pace ICE checks at about 50 ms; the webrtc-rs default of 200 ms would add
+    // client-side delay to every join measured here.
+    let mut settings = SettingEngineBuilder::new()
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
+        // No multicast socket per connection: candidates are plain loopback addresses,
+        // and a network namespace with only `lo` (see benches/compare.sh) has no
+        // multicast route.
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
         .with_interceptor_registry(reg)
-        // Browsers pace ICE checks at about 50 ms; the webrtc-rs default of 200 ms would add
-        // client-side delay to every join measured here.
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
-                // No multicast socket per connection: candidates are plain loopback addresses,
-                // and a network namespace with only `lo` (see benches/compare.sh) has no
-                // multicast route.
-                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                .build(),
-        )
         .with_handler(Arc::new(H { tx }))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()]);
+    let mut light_pc = None;
+    if let Some(engine) = light {
+        let (runtime, crypto, lp) = engine.pc_parts();
+        settings = settings.with_crypto_provider(crypto);
+        builder = builder.with_runtime(runtime);
+        light_pc = Some(lp);
+    }
+    let pc = builder
+        .with_setting_engine(settings.build())
         .build()
         .await?;
-    Ok((Arc::new(pc), rx))
+    Ok((Arc::new(pc), rx, light_pc))
 }
 
 /// The payload a test publisher sends for packet `n`: a header naming the sender and `n`,
@@ -291,6 +363,9 @@ pub struct MediaHooks {
     pub on_rtp: Option<RtpFn>,
     /// Join token (servers with auth on) and the role to ask for without one.
     pub token: Option<String>,
+    /// Media through the light engine once DTLS is done (needs `on_rtp`: the engine does not
+    /// fill [`Client::received`]).
+    pub light: Option<Arc<Engine>>,
 }
 
 /// One received packet.
@@ -344,8 +419,14 @@ impl Client {
             .to_string();
 
         // Publish connection: we offer a sendonly Opus track.
-        let (publish_pc, mut pub_rx, track, ssrc, offer) =
-            publish_offer(&format!("client-{index}"), index).await?;
+        let PublishPc {
+            pc: publish_pc,
+            rx: mut pub_rx,
+            track,
+            ssrc,
+            offer,
+            light,
+        } = publish_offer(&format!("client-{index}"), index, hooks.light.as_ref()).await?;
         ws.send(json!({"type":"publish","sdp":offer.sdp})).await?;
         let mut backlog = Vec::new();
         let answer = loop {
@@ -387,19 +468,22 @@ impl Client {
             received.clone(),
             messages.clone(),
             hooks.on_rtp.clone(),
+            hooks.light.clone(),
         ));
         let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let sender = {
             let sent = sent.clone();
-            let payload_fn = hooks.payload.clone();
-            spawn_opus_sender(
+            let payload_fn: PayloadFn = match hooks.payload.clone() {
+                Some(f) => f,
+                None => Arc::new(move |n| payload(index, n)),
+            };
+            start_publishing(
+                light,
+                &publish_pc,
                 track,
                 ssrc,
-                move |n| match &payload_fn {
-                    Some(f) => f(n),
-                    None => payload(index, n),
-                },
-                move |n| sent.store(n + 1, std::sync::atomic::Ordering::Relaxed),
+                payload_fn,
+                Arc::new(move |n| sent.store(n + 1, std::sync::atomic::Ordering::Relaxed)),
             )
         };
         Ok(Client {
@@ -478,6 +562,7 @@ async fn drive(
     received: Arc<Mutex<HashMap<String, Vec<Received>>>>,
     messages: Arc<Mutex<Vec<Value>>>,
     on_rtp: Option<RtpFn>,
+    light: Option<Arc<Engine>>,
 ) {
     let mut sub_pc: Option<Arc<dyn PeerConnection>> = None;
     for v in backlog {
@@ -490,6 +575,7 @@ async fn drive(
             &received,
             &messages,
             &on_rtp,
+            &light,
         )
         .await;
     }
@@ -512,7 +598,7 @@ async fn drive(
                     Some(Ok(_)) => continue,
                     _ => break,
                 };
-                if !handle(v, &mut ws, &mut sub_pc, &cmd_tx, &publish_pc, &received, &messages, &on_rtp).await {
+                if !handle(v, &mut ws, &mut sub_pc, &cmd_tx, &publish_pc, &received, &messages, &on_rtp, &light).await {
                     break;
                 }
             }
@@ -533,6 +619,7 @@ async fn handle(
     received: &Arc<Mutex<HashMap<String, Vec<Received>>>>,
     messages: &Arc<Mutex<Vec<Value>>>,
     on_rtp: &Option<RtpFn>,
+    light: &Option<Arc<Engine>>,
 ) -> bool {
     // A load run keeps no level events: they would pile up for its whole duration.
     let level_event = matches!(
@@ -545,8 +632,9 @@ async fn handle(
     match v["type"].as_str() {
         Some("subscribe_offer") => {
             if sub_pc.is_none() {
-                match new_pc().await {
-                    Ok((pc, mut rx)) => {
+                match new_pc(light.as_ref()).await {
+                    Ok((pc, mut rx, light_pc)) => {
+                        take_over_subscriber(light_pc, &pc, on_rtp.clone());
                         let cmd = cmd_tx.clone();
                         let received = received.clone();
                         let on_rtp = on_rtp.clone();

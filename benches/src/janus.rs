@@ -24,7 +24,11 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
-use crate::client::{MediaHooks, PcEvent, RtpFn, STEP, new_pc, payload, publish_offer};
+use crate::client::{
+    MediaHooks, PayloadFn, PcEvent, PublishPc, RtpFn, STEP, new_pc, payload, publish_offer,
+    start_publishing, take_over_subscriber,
+};
+use crate::light::Engine;
 
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -208,8 +212,14 @@ impl JanusClient {
         let mut initial: Vec<u64> = publishers(&joined);
 
         // Publish: we offer a sendonly Opus track.
-        let (publish_pc, mut pub_rx, track, ssrc, offer) =
-            publish_offer(&format!("janus-{index}"), index).await?;
+        let PublishPc {
+            pc: publish_pc,
+            rx: mut pub_rx,
+            track,
+            ssrc,
+            offer,
+            light,
+        } = publish_offer(&format!("janus-{index}"), index, hooks.light.as_ref()).await?;
         let (configured, jsep) = c
             .message(
                 pub_h,
@@ -252,20 +262,21 @@ impl JanusClient {
             sub_state: SubState::None,
             cmd_tx: cmd_tx.clone(),
             on_rtp: hooks.on_rtp.clone(),
+            light: hooks.light.clone(),
         };
         let task = tokio::spawn(driver.run(cmd_rx));
-        let sender = {
-            let payload_fn = hooks.payload.clone();
-            crate::client::spawn_opus_sender(
-                track,
-                ssrc,
-                move |n| match &payload_fn {
-                    Some(f) => f(n),
-                    None => payload(index, n),
-                },
-                |_| {},
-            )
+        let payload_fn: PayloadFn = match hooks.payload.clone() {
+            Some(f) => f,
+            None => Arc::new(move |n| payload(index, n)),
         };
+        let sender = start_publishing(
+            light,
+            &publish_pc,
+            track,
+            ssrc,
+            payload_fn,
+            Arc::new(|_| {}),
+        );
         Ok(JanusClient {
             feed,
             room,
@@ -328,6 +339,7 @@ struct Driver {
     sub_state: SubState,
     cmd_tx: mpsc::UnboundedSender<Value>,
     on_rtp: Option<RtpFn>,
+    light: Option<Arc<Engine>>,
 }
 
 impl Driver {
@@ -449,7 +461,8 @@ impl Driver {
         let pc = match &self.sub_pc {
             Some(pc) => pc.clone(),
             None => {
-                let (pc, mut rx) = new_pc().await?;
+                let (pc, mut rx, light_pc) = new_pc(self.light.as_ref()).await?;
+                take_over_subscriber(light_pc, &pc, self.on_rtp.clone());
                 let cmd = self.cmd_tx.clone();
                 let sub_h = self.sub_h;
                 let on_rtp = self.on_rtp.clone();

@@ -10,6 +10,9 @@
 //!   (sender, sequence, send time) in its Opus padding, so it stays valid Opus.
 //! - `measure.rs`: latency histogram, send/receive counters, per-stream loss accounting.
 //! - `procstat.rs`: CPU time and RSS of a process from /proc.
+//! - `light.rs`: the light generator's media engine (`load --light`): webrtc-rs joins, then one
+//!   thread sends and receives every participant's SRTP itself; it also carries the plain-UDP
+//!   participants of the floor (`load --target floor`, `bin/floor.rs`: a null forwarder).
 //! - `plot.rs`: the PNG of throughput, CPU and latency against load.
 //! - `bin/load.rs`: the load generator (`--target commhub|janus`, ramp, duration, capacity
 //!   search, smoke mode, JSON and PNG output). `benches/*.rs`: criterion micro-benchmarks.
@@ -19,6 +22,7 @@
 
 pub mod client;
 pub mod janus;
+pub mod light;
 pub mod measure;
 pub mod plot;
 pub mod procstat;

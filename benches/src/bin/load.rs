@@ -9,6 +9,11 @@
 //! loss or p99 latency crosses its threshold. `--smoke` is a few seconds with 3 participants
 //! that fails when nothing was forwarded (for CI).
 //!
+//! `--light` joins exactly as above, then moves every participant's media to one thread of
+//! its own (`commhub_benches::light`): SRTP with the connection's keys, `recvmmsg`, no
+//! per-packet tasks, so one core can saturate a server. `--target floor` drives the null
+//! forwarder (`floor`) with plain-UDP participants on that same thread.
+//!
 //! ```sh
 //! cargo run --release -p commhub-benches --bin load -- --url ws://127.0.0.1:8080/ws \
 //!     --rooms 1 --participants 10 --duration 20 --server-pid "$(pgrep -x commhub)"
@@ -24,6 +29,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use commhub_benches::client::{Client, MediaHooks};
 use commhub_benches::janus::JanusClient;
+use commhub_benches::light::{Engine, FloorPart, Publish};
 use commhub_benches::measure::{Counts, Inbox, Meter, StreamTotals};
 use commhub_benches::plot::{Point, plot};
 use commhub_benches::procstat;
@@ -34,6 +40,8 @@ use serde_json::{Value, json};
 enum Target {
     Commhub,
     Janus,
+    /// The null forwarder `floor` (plain UDP, no WebRTC).
+    Floor,
 }
 
 #[derive(Parser, Debug)]
@@ -44,9 +52,14 @@ struct Args {
     /// The server under load.
     #[arg(long, value_enum, default_value = "commhub")]
     target: Target,
-    /// Signaling URL [default: ws://127.0.0.1:8080/ws for commhub, ws://127.0.0.1:8188 for Janus].
+    /// Signaling URL [default: ws://127.0.0.1:8080/ws for commhub, ws://127.0.0.1:8188 for Janus,
+    /// udp://127.0.0.1:18090 for the floor].
     #[arg(long)]
     url: Option<String>,
+    /// Light generator: join with webrtc-rs as usual, then send and receive every
+    /// participant's SRTP on one thread of the generator's own (see `commhub_benches::light`).
+    #[arg(long)]
+    light: bool,
     /// Rooms to create (the first step with --find-capacity).
     #[arg(long, default_value_t = 1)]
     rooms: usize,
@@ -131,6 +144,7 @@ fn join_token(secret: &str, room: &str, identity: &str) -> String {
 enum Part {
     Commhub(Client),
     Janus(JanusClient),
+    Floor(FloorPart),
 }
 
 impl Part {
@@ -138,6 +152,7 @@ impl Part {
         match self {
             Part::Commhub(c) => c.leave().await,
             Part::Janus(j) => j.leave().await,
+            Part::Floor(f) => f.leave(),
         }
     }
 }
@@ -148,6 +163,8 @@ struct Run {
     url: String,
     meter: Arc<Meter>,
     tone: Arc<OpusTone>,
+    /// The light engine (`--light`, and the floor's participants).
+    engine: Option<Arc<Engine>>,
     next_gid: AtomicU32,
     /// Participants (global ids) fully joined, per room.
     rooms: Mutex<HashMap<usize, Vec<u32>>>,
@@ -225,6 +242,7 @@ impl Run {
                     .jwt_secret
                     .as_deref()
                     .map(|s| join_token(s, &format!("load-{room}"), &format!("load-{gid}"))),
+                light: self.engine.clone().filter(|_| self.args.light),
             }
         };
         let others: Vec<u32> = lock(&self.rooms).get(&room).cloned().unwrap_or_default();
@@ -247,6 +265,7 @@ impl Run {
             )
             .await
             .map(Part::Janus),
+            Target::Floor => self.join_floor(room, hooks).await.map(Part::Floor),
         };
         match res {
             Ok(part) => {
@@ -270,6 +289,28 @@ impl Run {
             }
         }
         self.joining.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A participant of the floor: the same stamped packets and accounting, over plain UDP.
+    async fn join_floor(&self, room: usize, hooks: MediaHooks) -> anyhow::Result<FloorPart> {
+        let engine = self
+            .engine
+            .as_ref()
+            .context("the floor's participants run on the light engine")?;
+        let (Some(payload), Some(on_rtp)) = (hooks.payload, hooks.on_rtp) else {
+            anyhow::bail!("the floor needs payload and on_rtp hooks");
+        };
+        let addr: std::net::SocketAddr = self
+            .url
+            .trim_start_matches("udp://")
+            .parse()
+            .with_context(|| format!("floor address {}", self.url))?;
+        let publish = Publish {
+            ssrc: rand::random(),
+            payload,
+            sent: None,
+        };
+        FloorPart::join(engine, addr, room as u32, on_rtp, publish).await
     }
 
     /// Join rooms `from..to`, `participants` each, at the ramp rate; wait for every join.
@@ -461,6 +502,7 @@ fn window_json(w: &Window, participants: usize, fanout: usize) -> Value {
         "server_pps_per_core": w.server_cores.map(|c| w.forwarded_pps / c.max(1e-9)),
         "server_cpu_us_per_forwarded_packet": us_per_pkt,
         "generator_cpu_pct_of_one_core": w.gen_cores.map(|c| c * 100.0),
+        "generator_cpu_us_per_forwarded_packet": w.gen_cores.map(|c| c * 1e6 / w.forwarded_pps.max(1e-9)),
         "machine_cpu_pressure_pct": w.cpu_pressure.map(|p| p * 100.0),
         "machine_cpu_steal_pct": w.steal.map(|p| p * 100.0),
     })
@@ -503,7 +545,13 @@ async fn main() -> anyhow::Result<()> {
     let url = args.url.clone().unwrap_or_else(|| match args.target {
         Target::Commhub => "ws://127.0.0.1:8080/ws".into(),
         Target::Janus => "ws://127.0.0.1:8188".into(),
+        Target::Floor => "udp://127.0.0.1:18090".into(),
     });
+    let engine = if args.light || args.target == Target::Floor {
+        Some(Engine::start().context("starting the light engine")?)
+    } else {
+        None
+    };
     let tone = Arc::new(OpusTone::encode(50).context("encoding the Opus tone")?);
     let rss_idle = args.server_pid.and_then(|p| procstat::rss_mb(Some(p)));
     let loadavg_start = procstat::loadavg();
@@ -511,6 +559,7 @@ async fn main() -> anyhow::Result<()> {
         url,
         meter: Arc::new(Meter::default()),
         tone,
+        engine,
         next_gid: AtomicU32::new(0),
         rooms: Mutex::default(),
         parts: Mutex::default(),
@@ -528,9 +577,17 @@ async fn main() -> anyhow::Result<()> {
     let target = match args.target {
         Target::Commhub => "commhub",
         Target::Janus => "janus",
+        Target::Floor => "floor",
+    };
+    let generator = if args.target == Target::Floor {
+        "plain UDP on one thread"
+    } else if args.light {
+        "light: webrtc-rs joins, SRTP on one thread"
+    } else {
+        "webrtc-rs"
     };
     eprintln!(
-        "load: {target} at {}, {} room(s) x {} participants, ramp {}/s, generator on {} cpu(s)",
+        "load: {target} at {}, {} room(s) x {} participants, ramp {}/s, generator ({generator}) on {} cpu(s)",
         run.url,
         args.rooms,
         args.participants,
@@ -625,6 +682,8 @@ async fn main() -> anyhow::Result<()> {
         "target": target,
         "url": run.url,
         "label": args.label,
+        "generator": generator,
+        "light_engine": run.engine.as_ref().map(|e| e.stats_json()),
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "rooms": lock(&run.rooms).len(),
         "participants_per_room": args.participants,
@@ -732,9 +791,11 @@ fn print_table(r: &Value, w: &Window) {
         f(&r["server_rss_mb_per_participant"], 2)
     );
     println!(
-        "  generator   cpu {} % of a core ({} cpu(s) allowed)",
+        "  generator   cpu {} % of a core ({} cpu(s) allowed), {} us cpu per forwarded packet ({})",
         f(&s["generator_cpu_pct_of_one_core"], 1),
-        r["generator_cpus"]
+        r["generator_cpus"],
+        f(&s["generator_cpu_us_per_forwarded_packet"], 2),
+        r["generator"].as_str().unwrap_or_default()
     );
     println!(
         "  machine     cpu pressure {} % of the time, steal {} % (tasks waiting for a CPU, \
