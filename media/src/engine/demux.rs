@@ -108,6 +108,30 @@ pub fn parse_stun(d: &[u8]) -> Stun<'_> {
     Stun::Other
 }
 
+/// STUN attribute USE-CANDIDATE (RFC 8445): the controlling agent nominates the pair.
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
+
+/// Whether a datagram is a STUN Binding request carrying USE-CANDIDATE.
+pub fn is_nomination(d: &[u8]) -> bool {
+    if d.len() < STUN_HEADER || u16::from_be_bytes([d[0], d[1]]) != BINDING_REQUEST {
+        return false;
+    }
+    let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+    let Some(body) = d.get(STUN_HEADER..STUN_HEADER + len) else {
+        return false;
+    };
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let a_ty = u16::from_be_bytes([body[at], body[at + 1]]);
+        let a_len = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        if a_ty == ATTR_USE_CANDIDATE {
+            return true;
+        }
+        at += 4 + a_len.div_ceil(4) * 4;
+    }
+    false
+}
+
 /// The local ufrag of a STUN Binding request, or `None` for anything else.
 pub fn stun_local_ufrag(d: &[u8]) -> Option<&[u8]> {
     match parse_stun(d) {
@@ -345,6 +369,19 @@ mod tests {
         let mut d = good;
         d[0] = 0xC0;
         assert_eq!(parse_stun(&d), Stun::Malformed);
+    }
+
+    #[test]
+    fn nominations_are_recognised() {
+        let plain = stun(BINDING_REQUEST, &[(ATTR_USERNAME, b"aaaa:c")]);
+        let nominate = stun(
+            BINDING_REQUEST,
+            &[(ATTR_USERNAME, b"aaaa:c"), (ATTR_USE_CANDIDATE, b"")],
+        );
+        assert!(!is_nomination(&plain));
+        assert!(is_nomination(&nominate));
+        assert!(!is_nomination(&nominate[..nominate.len() - 4]));
+        assert!(!is_nomination(&[0u8; 3]));
     }
 
     #[test]

@@ -87,7 +87,7 @@ use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::demux::{DemuxTable, Kind, Route, classify};
+use super::demux::{DemuxTable, Kind, Route, classify, is_nomination};
 use crate::forward::SinkMsg;
 use crate::level::AUDIO_LEVEL_URI;
 use crate::peer::{OPUS_CLOCK_RATE, OPUS_PT, opus_codec};
@@ -567,6 +567,10 @@ struct Conn {
     remote_set: bool,
     /// Checks that arrived before the remote description, replayed after it.
     early: Vec<(Vec<u8>, SocketAddr)>,
+    /// A nomination (USE-CANDIDATE) rtc-ice did not act on because the pair had not yet
+    /// succeeded its own triggered check: fed again after the next datagram from the peer
+    /// (usually that check's response), instead of the client retransmitting it ~500 ms later.
+    nomination: Option<(Vec<u8>, SocketAddr)>,
 }
 
 /// Count the SRTP profile a connection's DTLS handshake chose in the SFU's counters.
@@ -817,7 +821,7 @@ impl Engine {
             }
             return;
         }
-        let _ = conn.pc.handle_read(TaggedBytesMut {
+        let tagged = |d: &[u8], from: SocketAddr| TaggedBytesMut {
             now,
             transport: TransportContext {
                 local_addr: *local,
@@ -825,8 +829,16 @@ impl Engine {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(&buf[..n]),
-        });
+            message: BytesMut::from(d),
+        };
+        let _ = conn.pc.handle_read(tagged(&buf[..n], from));
+        if kind == Kind::Stun && !conn.connected {
+            if is_nomination(&buf[..n]) {
+                conn.nomination = Some((buf[..n].to_vec(), from));
+            } else if let Some((d, at)) = conn.nomination.take() {
+                let _ = conn.pc.handle_read(tagged(&d, at));
+            }
+        }
         pkts.clear();
         let mut any = false;
         while let Some(m) = conn.pc.poll_media_read() {
@@ -1383,6 +1395,7 @@ impl Engine {
             counted_profile: false,
             remote_set: true,
             early: Vec::new(),
+            nomination: None,
         };
         // Everyone already publishing in the room.
         for m in self.rooms.get(&room).cloned().unwrap_or_default() {
@@ -1435,6 +1448,7 @@ impl Engine {
             counted_profile: false,
             remote_set: true,
             early: Vec::new(),
+            nomination: None,
         };
         let id = self.insert(conn, &ufrag);
         let touched = self.add_producer_to_auto(&room, id, &producer)?;
@@ -1473,6 +1487,7 @@ impl Engine {
                     counted_profile: false,
                     remote_set: false,
                     early: Vec::new(),
+                    nomination: None,
                 };
                 self.insert(conn, &ufrag)
             }
