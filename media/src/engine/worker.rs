@@ -71,7 +71,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
@@ -571,6 +571,12 @@ struct Conn {
     /// succeeded its own triggered check: fed again after the next datagram from the peer
     /// (usually that check's response), instead of the client retransmitting it ~500 ms later.
     nomination: Option<(Vec<u8>, SocketAddr)>,
+    /// ICE has selected a pair: before that rtc drops every non-STUN datagram.
+    ice_up: bool,
+    /// DTLS datagrams that arrived before ICE selected a pair (a browser sends its ClientHello
+    /// once a check succeeds, before it nominates), replayed when it does instead of waiting
+    /// for the client's DTLS retransmission (50 ms, then doubling).
+    early_dtls: Vec<(Vec<u8>, SocketAddr)>,
 }
 
 /// Count the SRTP profile a connection's DTLS handshake chose in the SFU's counters.
@@ -831,6 +837,12 @@ impl Engine {
             },
             message: BytesMut::from(d),
         };
+        if kind == Kind::Dtls && !conn.ice_up {
+            if conn.early_dtls.len() < EARLY_CHECKS {
+                conn.early_dtls.push((buf[..n].to_vec(), from));
+            }
+            return;
+        }
         let _ = conn.pc.handle_read(tagged(&buf[..n], from));
         if kind == Kind::Stun && !conn.connected {
             if is_nomination(&buf[..n]) {
@@ -1032,6 +1044,7 @@ impl Engine {
             counters,
             timers,
             cfg,
+            local,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id as usize).and_then(Option::as_mut) else {
@@ -1039,7 +1052,16 @@ impl Engine {
         };
         flush(&mut conn.pc, socket, counters);
         let mut closed = false;
+        let mut replay = Vec::new();
         while let Some(ev) = conn.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected | RTCIceConnectionState::Completed,
+            ) = ev
+                && !conn.ice_up
+            {
+                conn.ice_up = true;
+                replay = std::mem::take(&mut conn.early_dtls);
+            }
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
                 match s {
                     RTCPeerConnectionState::Connected if !conn.connected => {
@@ -1061,6 +1083,18 @@ impl Engine {
                     _ => {}
                 }
             }
+        }
+        for (d, from) in replay {
+            let _ = conn.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: *local,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(&d[..]),
+            });
         }
         // Handling events may queue writes (DTLS flights after the handshake state changes).
         flush(&mut conn.pc, socket, counters);
@@ -1396,6 +1430,8 @@ impl Engine {
             remote_set: true,
             early: Vec::new(),
             nomination: None,
+            ice_up: false,
+            early_dtls: Vec::new(),
         };
         // Everyone already publishing in the room.
         for m in self.rooms.get(&room).cloned().unwrap_or_default() {
@@ -1449,6 +1485,8 @@ impl Engine {
             remote_set: true,
             early: Vec::new(),
             nomination: None,
+            ice_up: false,
+            early_dtls: Vec::new(),
         };
         let id = self.insert(conn, &ufrag);
         let touched = self.add_producer_to_auto(&room, id, &producer)?;
@@ -1488,6 +1526,8 @@ impl Engine {
                     remote_set: false,
                     early: Vec::new(),
                     nomination: None,
+                    ice_up: false,
+                    early_dtls: Vec::new(),
                 };
                 self.insert(conn, &ufrag)
             }
