@@ -579,6 +579,39 @@ struct Conn {
     early_dtls: Vec<(Vec<u8>, SocketAddr)>,
 }
 
+impl Conn {
+    /// A connection in its initial state (nothing sent, nothing received yet).
+    fn new(
+        pc: RTCPeerConnection,
+        key: String,
+        participant: ParticipantId,
+        room: Arc<str>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Self {
+        Conn {
+            pc,
+            key,
+            participant,
+            room,
+            producer: None,
+            hook: None,
+            auto_offer: false,
+            events,
+            sends: Vec::new(),
+            connected: false,
+            awaiting_answer: false,
+            dirty: false,
+            armed: None,
+            counted_profile: false,
+            remote_set: false,
+            early: Vec::new(),
+            nomination: None,
+            ice_up: false,
+            early_dtls: Vec::new(),
+        }
+    }
+}
+
 /// Count the SRTP profile a connection's DTLS handshake chose in the SFU's counters.
 fn count_srtp_profile(pc: &mut RTCPeerConnection, stats: Option<&MediaStats>, now: Instant) {
     let Some(stats) = stats else { return };
@@ -1142,19 +1175,7 @@ impl Engine {
                 reply,
             } => {
                 let r = self.join(room, participant, offer, events);
-                let ids = match r {
-                    Ok((answer, ids)) => {
-                        let _ = reply.send(Ok(answer));
-                        ids
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                for id in ids {
-                    self.offer_if_needed(id);
-                }
+                self.reply_then_offer(r, reply);
             }
             Command::Answer {
                 participant,
@@ -1173,19 +1194,7 @@ impl Engine {
                 reply,
             } => {
                 let r = self.publish(key, room, producer, offer, events, hook);
-                let ids = match r {
-                    Ok((answer, ids)) => {
-                        let _ = reply.send(Ok(answer));
-                        ids
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                for id in ids {
-                    self.offer_if_needed(id);
-                }
+                self.reply_then_offer(r, reply);
             }
             Command::Subscribe {
                 key,
@@ -1211,6 +1220,26 @@ impl Engine {
                     None => false,
                 };
                 let _ = reply.send(found);
+            }
+        }
+    }
+
+    /// Answer a join or publish, then send the offers it made due (after the answer, so a
+    /// client never sees an offer before its own answer).
+    fn reply_then_offer(
+        &mut self,
+        r: Result<(String, Vec<u32>), EngineError>,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    ) {
+        match r {
+            Ok((answer, ids)) => {
+                let _ = reply.send(Ok(answer));
+                for id in ids {
+                    self.offer_if_needed(id);
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -1413,25 +1442,11 @@ impl Engine {
         let room: Arc<str> = Arc::from(room);
         let pid: ParticipantId = Arc::from(participant.as_str());
         let mut conn = Conn {
-            pc,
-            key: participant,
-            participant: pid.clone(),
-            room: room.clone(),
             producer: Some(pid.clone()),
             hook: None,
             auto_offer: true,
-            events,
-            sends: Vec::new(),
-            connected: false,
-            awaiting_answer: false,
-            dirty: false,
-            armed: None,
-            counted_profile: false,
             remote_set: true,
-            early: Vec::new(),
-            nomination: None,
-            ice_up: false,
-            early_dtls: Vec::new(),
+            ..Conn::new(pc, participant, pid.clone(), room.clone(), events)
         };
         // Everyone already publishing in the room.
         for m in self.rooms.get(&room).cloned().unwrap_or_default() {
@@ -1468,25 +1483,11 @@ impl Engine {
         let (pc, ufrag, answer) = self.new_pc(Some(offer))?;
         let answer = answer.ok_or_else(|| EngineError::Rtc("no answer".into()))?;
         let conn = Conn {
-            pc,
-            key,
-            participant: producer.clone(),
-            room: room.clone(),
             producer: Some(producer.clone()),
             hook,
             auto_offer: false,
-            events,
-            sends: Vec::new(),
-            connected: false,
-            awaiting_answer: false,
-            dirty: false,
-            armed: None,
-            counted_profile: false,
             remote_set: true,
-            early: Vec::new(),
-            nomination: None,
-            ice_up: false,
-            early_dtls: Vec::new(),
+            ..Conn::new(pc, key, producer.clone(), room.clone(), events)
         };
         let id = self.insert(conn, &ufrag);
         let touched = self.add_producer_to_auto(&room, id, &producer)?;
@@ -1508,27 +1509,8 @@ impl Engine {
             Some(&id) => id,
             None => {
                 let (pc, ufrag, _) = self.new_pc(None)?;
-                let conn = Conn {
-                    pc,
-                    key,
-                    participant,
-                    room,
-                    producer: None,
-                    hook: None,
-                    auto_offer: false,
-                    events,
-                    sends: Vec::new(),
-                    connected: false,
-                    awaiting_answer: false,
-                    dirty: false,
-                    armed: None,
-                    counted_profile: false,
-                    remote_set: false,
-                    early: Vec::new(),
-                    nomination: None,
-                    ice_up: false,
-                    early_dtls: Vec::new(),
-                };
+                // Sends only; the remote description comes with the client's answer.
+                let conn = Conn::new(pc, key, participant, room, events);
                 self.insert(conn, &ufrag)
             }
         };

@@ -39,19 +39,8 @@ pub(super) async fn watch_peer(
     let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
     let mut counted = false;
     let mut count = |up: bool| {
-        if let Some(l) = &listener
-            && up != counted
-        {
-            if up {
-                l.count.fetch_add(1, Ordering::Relaxed);
-                l.events.emit(RoomEvent::Listening {
-                    room: l.room.to_string(),
-                    participant: l.participant.to_string(),
-                });
-            } else {
-                l.count.fetch_sub(1, Ordering::Relaxed);
-            }
-            counted = up;
+        if let Some(l) = &listener {
+            l.set(&mut counted, up);
         }
     };
     loop {
@@ -116,6 +105,26 @@ pub(super) struct ListenerCtx {
     pub(super) events: Emitter,
     pub(super) room: Arc<str>,
     pub(super) participant: ParticipantId,
+}
+
+impl ListenerCtx {
+    /// Count this connection in (`up`) or out of its room's listeners, once per change
+    /// (`counted` is whether it is counted now); coming in emits [`RoomEvent::Listening`].
+    fn set(&self, counted: &mut bool, up: bool) {
+        if up == *counted {
+            return;
+        }
+        if up {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.events.emit(RoomEvent::Listening {
+                room: self.room.to_string(),
+                participant: self.participant.to_string(),
+            });
+        } else {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        *counted = up;
+    }
 }
 
 #[derive(Clone)]
@@ -209,19 +218,8 @@ pub(super) async fn watch_engine(
     let mut deadline = Some(tokio::time::Instant::now() + media_timeout);
     let mut counted = false;
     let mut count = |up: bool| {
-        if let Some(l) = &listener
-            && up != counted
-        {
-            if up {
-                l.count.fetch_add(1, Ordering::Relaxed);
-                l.events.emit(RoomEvent::Listening {
-                    room: l.room.to_string(),
-                    participant: l.participant.to_string(),
-                });
-            } else {
-                l.count.fetch_sub(1, Ordering::Relaxed);
-            }
-            counted = up;
+        if let Some(l) = &listener {
+            l.set(&mut counted, up);
         }
     };
     loop {
